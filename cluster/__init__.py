@@ -1,0 +1,1 @@
+"""Running it: the `facs` CLI, job submission, local cluster and cluster configs."""

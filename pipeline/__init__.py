@@ -1,0 +1,1 @@
+"""Data layer: raw sources -> faces -> labels -> versioned Parquet corpus; DISFA -> frames -> folds."""

@@ -1,0 +1,1 @@
+"""Training layer: corpus -> device batches + augmentation -> VGG13 -> checkpoints, metrics, MLflow."""

@@ -1,0 +1,1 @@
+"""Sweeps and experiments: folds x hyper-parameters -> trials -> best config; scaling studies."""
