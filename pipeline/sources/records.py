@@ -1,0 +1,21 @@
+"""The input-record schema every source produces before the face stage."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("image_name", pa.string(), nullable=False),
+        pa.field("identity", pa.string(), nullable=False),
+        pa.field("data", pa.binary(), nullable=False),  # encoded image bytes; b"" when unreadable
+        pa.field("source", pa.string(), nullable=False),  # file, or file@byte-offset for TSV lines
+        pa.field("reject_reason", pa.string()),  # set by the reader for rows it could not parse
+    ]
+)
+
+UNKNOWN_IDENTITY = "unknown"
+
+
+def records_table(rows: dict[str, list]) -> pa.Table:
+    return pa.Table.from_pydict(rows, schema=RECORD_SCHEMA)
