@@ -7,7 +7,8 @@ import posixpath
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 
 #: The released MS-Celeb label CSV codes gender as 0/1. Checked against the biographies'
-#: pronoun counts for the people in test_label.csv: code 1 -> "he" (871 people), code 0 -> "she" (776).
+#: pronoun counts for the 1,920 people in test_label.csv: code 1 -> "he" (1,020), code 0 -> "she" (900).
+#: (MIDs may contain "_": the person is the part before the *last* underscore of an image name.)
 RELEASE_GENDER_CODES: dict[int, str] = {0: "female", 1: "male"}
 
 
