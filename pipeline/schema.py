@@ -37,7 +37,9 @@ CORPUS_SCHEMA = pa.schema(
         pa.field(
             "face", pa.binary(), nullable=False
         ),  # 64*64 uint8 grayscale, row-major; b"" for rejects
-        pa.field("face_box", pa.list_(pa.int32(), 4)),  # x, y, w, h in the source image
+        pa.field(
+            "face_box", pa.list_(pa.int32())
+        ),  # [x, y, w, h] in the source image; null for rejects
         *[pa.field(au, pa.int8()) for au in OPENFACE_AUS],
         pa.field("label_source", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),  # input file (and line) the row came from

@@ -27,6 +27,14 @@ def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     kwargs: dict = {"region": region}
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # Keys from this process's environment travel with the (pickled) filesystem to Ray
+        # workers, whose environment may predate them. Other sources (instance profiles, IRSA,
+        # ~/.aws) are left for each worker to resolve, so rotating credentials keep working.
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
     if endpoint:
         kwargs["endpoint_override"] = endpoint
         kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"

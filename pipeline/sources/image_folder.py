@@ -10,7 +10,7 @@ import numpy as np
 import ray
 
 from pipeline.names import IMAGE_EXTENSIONS
-from pipeline.sources.records import UNKNOWN_IDENTITY
+from pipeline.sources.records import IO_TASK_CPUS, UNKNOWN_IDENTITY
 from pipeline.storage import Location
 
 
@@ -79,8 +79,12 @@ def read_image_folder(uri: str, identities_csv: str | None = None) -> ray.data.D
         include_paths=True,
         filesystem=location.fs,
         file_extensions=extensions,
+        num_cpus=IO_TASK_CPUS,
     )
     prefix = "s3://" if location.uri.startswith("s3://") else ""
     return dataset.map_batches(
-        _AttachIdentity(location.path, identities, prefix), batch_format="numpy", batch_size=256
+        _AttachIdentity(location.path, identities, prefix),
+        batch_format="numpy",
+        batch_size=256,
+        num_cpus=IO_TASK_CPUS,
     )

@@ -16,6 +16,10 @@ RECORD_SCHEMA = pa.schema(
 
 UNKNOWN_IDENTITY = "unknown"
 
+#: Reads and writes are I/O-bound; they are scheduled with no CPU reservation so that the face
+#: workers (one per core) can hold every core without starving the reads that feed them.
+IO_TASK_CPUS = 0.0
+
 
 def records_table(rows: dict[str, list]) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=RECORD_SCHEMA)

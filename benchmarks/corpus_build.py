@@ -1,0 +1,205 @@
+"""Corpus build speed and memory: the Ray Data build vs. a plain single-process loop, same input.
+
+Input: the real celebrity photos in ../shared/data/faces/celebrities repeated to N images (each copy
+gets a distinct JPEG comment, so its content hash differs and nothing is skipped as a duplicate).
+Per image, both do identical work: read the file, hash it, decode, detect, crop/pad/resize, write
+Parquet. Baselines, run alternately and repeated (median of the repeats):
+  (a) per-core: Ray with one OpenCV thread per worker vs. the loop with one OpenCV thread;
+  (b) end to end: the same Ray run vs. the loop with OpenCV's own threading.
+Memory: peak resident memory summed over the driver and all Ray workers, at 2k and at 20k images
+(20k = the 2k files hard-linked ten times: every row still goes through the face stage).
+
+    python benchmarks/corpus_build.py [--images 2000] [--repeats 3] [--memory-images 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.faces import FaceConfig, FaceProcessor  # noqa: E402
+
+from pipeline.corpus.build import build_version  # noqa: E402
+from pipeline.corpus.config import CorpusBuildConfig  # noqa: E402
+
+CELEBRITIES = ROOT.parent / "shared" / "data" / "faces" / "celebrities"
+RESULTS = ROOT / "benchmarks" / "results" / "corpus_build.json"
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The same JPEG with a COM segment after SOI: decodes identically, hashes differently."""
+    payload = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def make_input(folder: Path, count: int) -> list[Path]:
+    photos = sorted(CELEBRITIES.glob("*.jpg"))
+    paths = []
+    for i in range(count):
+        source = photos[i % len(photos)]
+        target = folder / f"person{i % 50:02d}" / f"copy{i:06d}_{source.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(with_comment(source.read_bytes(), f"copy {i}"))
+        paths.append(target)
+    return paths
+
+
+def hard_link_copies(source: Path, target: Path, times: int) -> None:
+    for k in range(times):
+        for path in source.rglob("*.jpg"):
+            link = target / f"rep{k}" / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, link)
+
+
+def plain_loop(paths: list[Path], out: Path, threads: int) -> float:
+    """The baseline: one process, one image at a time, same per-image work, one Parquet file."""
+    cv2.setNumThreads(threads)
+    processor = FaceProcessor(FaceConfig(opencv_threads=threads))
+    started = time.perf_counter()
+    hashes, faces, reasons = [], [], []
+    for path in paths:
+        data = path.read_bytes()
+        hashes.append(hashlib.sha256(data).hexdigest()[:32])
+        result = processor.process(data)
+        faces.append(result.face)
+        reasons.append(result.reject_reason)
+    pq.write_table(pa.table({"content_hash": hashes, "face": faces, "reject_reason": reasons}), out)
+    return time.perf_counter() - started
+
+
+def ray_build(folder: Path, corpus: Path) -> tuple[float, int]:
+    config = CorpusBuildConfig(
+        corpus=str(corpus), images=str(folder), face=FaceConfig(opencv_threads=1)
+    )
+    started = time.perf_counter()
+    entry = build_version(config, append=False)
+    return time.perf_counter() - started, entry.rows_read
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and every Ray worker process every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if proc.pid == os.getpid() or "ray::" in cmd or "default_worker.py" in cmd:
+                    total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-images", type=int, default=20000)
+    args = parser.parse_args()
+    if not CELEBRITIES.is_dir():
+        sys.exit(f"needs the real photos in {CELEBRITIES}")
+    ray.init(
+        num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    threads_default = cv2.getNumThreads()
+    work = Path(tempfile.mkdtemp(prefix="facs-bench-"))
+    folder = work / "images"
+    paths = make_input(folder, args.images)
+    runs: dict[str, list[float]] = {"loop_1_thread": [], "loop_threaded": [], "ray": []}
+    for repeat in range(args.repeats):
+        runs["loop_1_thread"].append(
+            args.images / plain_loop(paths, work / f"loop1-{repeat}.parquet", 1)
+        )
+        runs["loop_threaded"].append(
+            args.images / plain_loop(paths, work / f"loopN-{repeat}.parquet", threads_default)
+        )
+        seconds, rows = ray_build(folder, work / f"corpus-{repeat}")
+        assert rows == args.images, rows
+        runs["ray"].append(args.images / seconds)
+        print({k: round(v[-1], 2) for k, v in runs.items()}, flush=True)
+    per_core = [r / b for r, b in zip(runs["ray"], runs["loop_1_thread"], strict=True)]
+    end_to_end = [r / b for r, b in zip(runs["ray"], runs["loop_threaded"], strict=True)]
+
+    memory = {}
+    with PeakMemory() as small:
+        ray_build(folder, work / "corpus-mem-small")
+    memory[args.images] = small.peak
+    big = work / "images-big"
+    hard_link_copies(folder, big, args.memory_images // args.images)
+    with PeakMemory() as large:
+        ray_build(big, work / "corpus-mem-large")
+    memory[args.memory_images] = large.peak
+
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "opencv_threads_default": threads_default,
+        },
+        "images": args.images,
+        "repeats": args.repeats,
+        "images_per_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+        "median_images_per_s": {k: round(statistics.median(v), 2) for k, v in runs.items()},
+        "ratio_per_core_ray_vs_loop_1_thread": {
+            "runs": [round(x, 3) for x in per_core],
+            "median": round(statistics.median(per_core), 3),
+            "target": 1.7,
+        },
+        "ratio_end_to_end_ray_vs_threaded_loop": {
+            "runs": [round(x, 3) for x in end_to_end],
+            "median": round(statistics.median(end_to_end), 3),
+            "target": 1.0,
+        },
+        "peak_memory_bytes": {str(k): v for k, v in memory.items()},
+        "peak_memory_ratio": round(memory[args.memory_images] / memory[args.images], 3),
+        "peak_memory_ratio_target": 1.5,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The `facs` command: one subcommand per stage, each configured by a typed dataclass + YAML + flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from cluster.options import ConfigError, add_config_arguments, load_config, overrides_from_args
+from cluster.runtime import ensure_ray
+from pipeline.corpus.config import CorpusBuildConfig
+from pipeline.corpus.manifest import CorpusError
+from pipeline.corpus.subset import SubsetConfig
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _config_parser(
+    sub, name: str, cls: type, help_text: str, run: Command
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument(
+        "--config", metavar="YAML", help="YAML file with these options (flags override it)"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)"
+    )
+    add_config_arguments(parser, cls)
+    parser.set_defaults(run=run, config_class=cls)
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    return load_config(args.config_class, args.config, overrides_from_args(args))
+
+
+def _corpus_build(args: argparse.Namespace, append: bool) -> int:
+    from pipeline.corpus.build import build_version
+
+    config = _load(args)
+    ensure_ray(args.ray_address)
+    entry = build_version(config, append=append)
+    print(
+        f"corpus {config.corpus} version {entry.version}: {entry.rows_read} rows read = "
+        f"{entry.accepted} accepted + {entry.rejected} rejected {entry.reject_counts} "
+        f"in {entry.inputs['seconds']} s"
+    )
+    return 0
+
+
+def _corpus_stats(args: argparse.Namespace) -> int:
+    from pipeline.corpus.stats import corpus_stats, format_stats
+
+    stats = corpus_stats(args.corpus, args.version)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def _corpus_subset(args: argparse.Namespace) -> int:
+    from pipeline.corpus.subset import make_subset
+
+    entry = make_subset(_load(args))
+    print(
+        f"subset {entry.name}: {entry.images} images of {entry.identities} people (version {entry.version})"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facs", description="Facial action unit detectors pre-trained on noisy labels, on Ray."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    corpus = stages.add_parser(
+        "corpus", help="build, grow, subset and describe the pre-training corpus"
+    )
+    corpus_cmds = corpus.add_subparsers(dest="command", required=True)
+    _config_parser(
+        corpus_cmds,
+        "build",
+        CorpusBuildConfig,
+        "Build version 1 of a corpus from face images and their labels.",
+        lambda a: _corpus_build(a, append=False),
+    )
+    _config_parser(
+        corpus_cmds,
+        "add",
+        CorpusBuildConfig,
+        "Add a batch of images as the next corpus version (images already present are skipped).",
+        lambda a: _corpus_build(a, append=True),
+    )
+    stats = corpus_cmds.add_parser(
+        "stats", help="Table II (people/images by gender and region), AU rates"
+    )
+    stats.add_argument("--corpus", required=True)
+    stats.add_argument("--version", type=int, default=None)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    stats.set_defaults(run=_corpus_stats)
+    _config_parser(
+        corpus_cmds,
+        "subset",
+        SubsetConfig,
+        "Make a gender-balanced subset by number of images or of people.",
+        _corpus_subset,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except (ConfigError, CorpusError, FileNotFoundError, ValueError) as error:
+        print(f"facs: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The versioned pre-training corpus: Parquet shards + a manifest, built and grown by Ray Data."""

@@ -1,0 +1,70 @@
+"""Typed configuration of `facs corpus build` / `facs corpus add` (YAML + CLI flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.faces import FaceConfig
+
+
+@dataclass
+class LabelSourcesConfig:
+    release_csv: list[str] = field(
+        default_factory=list,
+        metadata={"help": "the paper's released header-less label CSV(s) (comma-separated URIs)"},
+    )
+    release_header: str | None = field(
+        default=None,
+        metadata={
+            "help": "labels.txt giving the release CSVs' header (built-in header when omitted)"
+        },
+    )
+    openface_images: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder/prefix of OpenFace FaceLandmarkImg per-image CSVs (stem = image name)"
+        },
+    )
+    openface_sequence: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenFace FeatureExtraction CSV over the image folder (row frame N = Nth image, sorted)"
+        },
+    )
+    min_confidence: float = field(
+        default=0.75, metadata={"help": "OpenFace rows below this confidence are rejected"}
+    )
+
+
+@dataclass
+class CorpusBuildConfig:
+    corpus: str = field(
+        default="", metadata={"help": "corpus root: local folder or s3://bucket/prefix"}
+    )
+    images: str | None = field(
+        default=None,
+        metadata={"help": "folder/prefix of jpg/png/bmp images (identity = sub-folder)"},
+    )
+    identities_csv: str | None = field(
+        default=None, metadata={"help": "image,identity CSV overriding sub-folder identities"}
+    )
+    tsv: list[str] = field(
+        default_factory=list,
+        metadata={"help": "MS-Celeb-1M TSV file(s) (FaceImageCroppedWithAlignment.tsv style)"},
+    )
+    bios: str | None = field(
+        default=None, metadata={"help": "Bios.zip or folder of Knowledge-Graph JSON biographies"}
+    )
+    labels: LabelSourcesConfig = field(default_factory=LabelSourcesConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    workers: int = field(
+        default=0,
+        metadata={"help": "parallel face-stage workers (0 = one per CPU in the Ray cluster)"},
+    )
+    batch_size: int = field(default=64, metadata={"help": "images per face-stage batch"})
+    rows_per_file: int = field(default=20000, metadata={"help": "target rows per Parquet shard"})
+    tsv_range_mb: int = field(
+        default=16,
+        metadata={"help": "MS-Celeb TSV files are read in parallel byte ranges of this size"},
+    )
+    note: str = field(default="", metadata={"help": "free-text note stored with the version"})

@@ -1,0 +1,146 @@
+"""`facs corpus subset`: deterministic, gender-balanced (optionally region-balanced) subsets.
+
+The paper studies F1 against the number of pre-training images (1k, 2k, 10k, all) and of distinct
+people (12, 200, 600, 1000, all), with equal numbers of women and men. A subset is saved as the list
+of its rows' content hashes, so it names exact rows and survives the corpus growing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, save_manifest
+from pipeline.corpus.read import read_metadata_table
+from pipeline.storage import Location
+
+BALANCED_GENDERS = ("female", "male")
+
+
+@dataclass
+class SubsetConfig:
+    corpus: str = field(default="", metadata={"help": "corpus root (local folder or s3:// URI)"})
+    name: str = field(
+        default="", metadata={"help": "subset name (default: images-N / identities-N)"}
+    )
+    version: int | None = field(default=None, metadata={"help": "corpus version (default: latest)"})
+    images: int | None = field(default=None, metadata={"help": "number of images in the subset"})
+    identities: int | None = field(default=None, metadata={"help": "number of distinct people"})
+    balance: Literal["gender", "region"] = field(
+        default="gender", metadata={"help": "balance over gender, or over gender x region"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "random seed: the same seed gives the same subset"}
+    )
+
+
+def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
+    """Split ``total`` as evenly as possible over strata, none above its capacity (water-filling)."""
+    if total > sum(capacity.values()):
+        raise CorpusError(f"asked for {total} but only {sum(capacity.values())} are available")
+    quota = dict.fromkeys(capacity, 0)
+    left = total
+    open_strata = sorted(k for k, c in capacity.items() if c > 0)
+    while left > 0 and open_strata:
+        share, extra = divmod(left, len(open_strata))
+        for i, key in enumerate(open_strata):
+            give = min(share + (1 if i < extra else 0), capacity[key] - quota[key])
+            quota[key] += give
+            left -= give
+        open_strata = [k for k in open_strata if quota[k] < capacity[k]]
+    return quota
+
+
+def _strata(table: pa.Table, balance: str) -> np.ndarray:
+    gender = np.asarray(table.column("gender").to_pylist(), dtype=object)
+    if balance == "gender":
+        return gender
+    region = np.asarray(table.column("region").to_pylist(), dtype=object)
+    return np.array([f"{g}|{r}" for g, r in zip(gender, region, strict=True)], dtype=object)
+
+
+def _gender_quota(capacity: dict[str, int], total: int, balance: str) -> dict[str, int]:
+    """Equal numbers per gender first (the paper's balance), then evenly over regions inside it."""
+    by_gender = {
+        g: sum(c for k, c in capacity.items() if k.split("|")[0] == g) for g in BALANCED_GENDERS
+    }
+    if min(by_gender.values()) * 2 < total:
+        raise CorpusError(
+            f"cannot balance {total} by gender: only {by_gender} available "
+            "(people of unknown gender are left out of balanced subsets)"
+        )
+    gender_quota = allocate(by_gender, total)
+    if balance == "gender":
+        return gender_quota
+    quota: dict[str, int] = {}
+    for g in BALANCED_GENDERS:
+        inside = {k: c for k, c in capacity.items() if k.split("|")[0] == g}
+        quota.update(allocate(inside, gender_quota[g]))
+    return quota
+
+
+def choose_rows(table: pa.Table, config: SubsetConfig) -> np.ndarray:
+    """Indices of the chosen rows of a metadata table (deterministic for a seed)."""
+    if (config.images is None) == (config.identities is None):
+        raise CorpusError("give exactly one of --images N or --identities N")
+    rng = np.random.default_rng(config.seed)
+    strata = _strata(table, config.balance)
+    usable = np.array([s.split("|")[0] in BALANCED_GENDERS for s in strata])
+    if config.images is not None:
+        capacity = {s: int(np.sum((strata == s) & usable)) for s in set(strata[usable])}
+        quota = _gender_quota(capacity, config.images, config.balance)
+        chosen = []
+        for stratum in sorted(quota):
+            rows = np.flatnonzero((strata == stratum) & usable)
+            chosen.append(np.sort(rng.permutation(rows)[: quota[stratum]]))
+        return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
+    identity = np.asarray(table.column("identity").to_pylist(), dtype=object)
+    people: dict[str, str] = {}
+    for who, stratum, ok in zip(identity, strata, usable, strict=True):
+        if ok:
+            people.setdefault(who, stratum)
+    capacity: dict[str, int] = {}
+    for stratum in people.values():
+        capacity[stratum] = capacity.get(stratum, 0) + 1
+    quota = _gender_quota(capacity, config.identities, config.balance)
+    picked: set[str] = set()
+    for stratum in sorted(quota):
+        members = sorted(p for p, s in people.items() if s == stratum)
+        picked.update(rng.permutation(np.array(members, dtype=object))[: quota[stratum]].tolist())
+    return np.flatnonzero(np.fromiter((p in picked for p in identity), bool, len(identity)))
+
+
+def make_subset(config: SubsetConfig) -> SubsetEntry:
+    manifest = load_manifest(config.corpus)
+    version = config.version or manifest.latest
+    table = read_metadata_table(config.corpus, version)
+    rows = choose_rows(table, config)
+    chosen = table.take(pa.array(rows, type=pa.int64())).select(
+        ["content_hash", "identity", "split"]
+    )
+    what = (
+        f"images-{config.images}"
+        if config.images is not None
+        else f"identities-{config.identities}"
+    )
+    name = config.name or f"{what}-{config.balance}-seed{config.seed}-v{version}"
+    root = Location.of(config.corpus)
+    relative = f"subsets/{name}.parquet"
+    target = root.join(relative)
+    target.fs.create_dir(root.join("subsets").path, recursive=True)
+    pq.write_table(chosen, target.path, filesystem=target.fs)
+    entry = SubsetEntry(
+        name=name,
+        version=version,
+        file=relative,
+        images=chosen.num_rows,
+        identities=len(set(chosen.column("identity").to_pylist())),
+        spec={k: getattr(config, k) for k in ("images", "identities", "balance", "seed")},
+    )
+    manifest.subsets[name] = entry
+    save_manifest(config.corpus, manifest)
+    return entry
