@@ -1,0 +1,63 @@
+"""The `facs` command line: generated help, YAML + flag precedence, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cluster.cli import build_parser, main
+from cluster.options import ConfigError, load_config, overrides_from_args
+from pipeline.corpus.config import CorpusBuildConfig
+
+
+def all_flags(cls, prefix: str = "") -> list[str]:
+    flags = []
+    for field in dataclasses.fields(cls):
+        name = prefix + field.name
+        if dataclasses.is_dataclass(field.type) or (
+            isinstance(field.type, str) and field.type.endswith("Config")
+        ):
+            flags += all_flags(field.default_factory().__class__, name + "-")
+        else:
+            flags.append("--" + name.replace("_", "-"))
+    return flags
+
+
+def test_corpus_build_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["corpus", "build", "--help"])
+    text = capsys.readouterr().out
+    flags = all_flags(CorpusBuildConfig)
+    assert "--face-detector" in flags and "--labels-release-csv" in flags
+    for flag in flags:
+        assert flag in text, flag
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    yaml_file = tmp_path / "build.yaml"
+    yaml_file.write_text("corpus: /data/c\nbatch_size: 8\nface:\n  detector: none\n  margin: 0.3\n")
+    args = build_parser().parse_args(
+        ["corpus", "build", "--config", str(yaml_file), "--face-margin", "0.1"]
+    )
+    config = load_config(CorpusBuildConfig, args.config, overrides_from_args(args))
+    assert (config.corpus, config.batch_size, config.face.detector, config.face.margin) == (
+        "/data/c",
+        8,
+        "none",
+        0.1,
+    )
+    assert config.workers == CorpusBuildConfig().workers
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("corpus: x\nbatchsize: 8\n")
+    with pytest.raises(ConfigError, match="batchsize"):
+        load_config(CorpusBuildConfig, yaml_file)
+
+
+def test_build_without_input_says_what_to_give(tmp_path, capsys, ray_local):
+    code = main(["corpus", "build", "--corpus", str(tmp_path / "c")])
+    assert code == 2
+    assert "--images" in capsys.readouterr().err
