@@ -13,6 +13,8 @@ from cluster.runtime import ensure_ray
 from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.corpus.manifest import CorpusError
 from pipeline.corpus.subset import SubsetConfig
+from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
+from training.pretrain_config import PretrainConfig
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -68,6 +70,28 @@ def _corpus_subset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace, world: str) -> int:
+    from pipeline.synth.celeb_world import generate_celeb_from_config
+    from pipeline.synth.disfa_world import generate_disfa_from_config
+
+    config = _load(args)
+    if config.use_ray:
+        ensure_ray(args.ray_address)
+    summary = (generate_celeb_from_config if world == "celeb" else generate_disfa_from_config)(config)
+    print(summary)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from training.pretrain import run_pretraining
+
+    config = _load(args)
+    ensure_ray(args.ray_address)
+    result = run_pretraining(config)
+    print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facs", description="Facial action unit detectors pre-trained on noisy labels, on Ray."
@@ -106,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
         SubsetConfig,
         "Make a gender-balanced subset by number of images or of people.",
         _corpus_subset,
+    )
+
+    synth = stages.add_parser("synth", help="write a synthetic face world in the real data formats")
+    synth_cmds = synth.add_subparsers(dest="command", required=True)
+    _config_parser(
+        synth_cmds,
+        "celeb",
+        SynthCelebConfig,
+        "An MS-Celeb-like world: TSV, OpenFace CSVs, biographies and ground truth.",
+        lambda a: _synth(a, "celeb"),
+    )
+    _config_parser(
+        synth_cmds,
+        "disfa",
+        SynthDisfaConfig,
+        "A DISFA-like world: videos and AU intensity label files in DISFA's layout.",
+        lambda a: _synth(a, "disfa"),
+    )
+    _config_parser(
+        stages,
+        "pretrain",
+        PretrainConfig,
+        "Pre-train the VGG13 on a corpus version with Ray Train (DDP), tracked in MLflow.",
+        _pretrain,
     )
     return parser
 
