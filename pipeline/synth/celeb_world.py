@@ -1,0 +1,206 @@
+"""The synthetic MS-Celeb world: people x photos, written in MS-Celeb's and OpenFace's own formats.
+
+Layout under ``out``::
+
+    FaceImageCroppedWithAlignment.tsv   MID, ImageSearchRank, ImageURL, PageURL, FaceID,
+                                        FaceRectangle (base64 of 4 LE float32: left, top, right,
+                                        bottom in [0, 1]), FaceData (base64 JPEG); no header
+    openface/<image stem>.csv           noisy labels, OpenFace FaceLandmarkImg style
+    Bios/<MID without "m.">.json        Knowledge Graph biography (name, description, abstract)
+    truth.csv                           image_name, identity, gender, region, face box, true AU
+                                        presence (intensity >= 2) and intensity per AU
+
+Every random draw is seeded by (seed, person index, image index), so the files are identical
+whether people are generated in one process or in parallel shards.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.bios import write_biography_json
+from pipeline.names import image_key, msceleb_image_name
+from pipeline.storage import Location
+from pipeline.synth.au_sampling import (
+    IntensityScale,
+    person_offsets,
+    rate_table,
+    sample_photo_latents,
+)
+from pipeline.synth.config import SynthCelebConfig
+from pipeline.synth.identity import sample_identity
+from pipeline.synth.noisy_labeler import NoisyLabeler, openface_image_csv
+from pipeline.synth.parallel import run_tasks
+from pipeline.synth.people import fake_mid, sample_person
+from pipeline.synth.render import RENDER_AUS, encode_jpeg, render_face, sample_scene
+from pipeline.synth.shards import clear_parts, csv_line, join_parts, write_part
+
+TSV_NAME = "FaceImageCroppedWithAlignment.tsv"
+TRUTH_NAME = "truth.csv"
+OPENFACE_DIR = "openface"
+BIOS_DIR = "Bios"
+
+TRUTH_COLUMNS: tuple[str, ...] = (
+    "image_name", "identity", "gender", "region", "face_x", "face_y", "face_w", "face_h",
+    *RENDER_AUS, *(f"{au}_intensity" for au in RENDER_AUS),
+)  # fmt: skip
+
+# Stream names for the seeded generators (any distinct constants).
+_PERSON, _SCENE, _LABELS = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class CelebWorldSummary:
+    out: str
+    people: int
+    images: int
+    tsv: str
+    openface_dir: str
+    bios_dir: str
+    truth_csv: str
+    shards: int
+
+
+def face_rectangle(box: tuple[int, int, int, int], width: int, height: int) -> str:
+    """MS-Celeb FaceRectangle text: base64 of left, top, right, bottom as LE float32 in [0, 1]."""
+    x, y, w, h = box
+    raw = struct.pack("<4f", x / width, y / height, (x + w) / width, (y + h) / height)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _write_shard(
+    out: str,
+    seed: int,
+    start: int,
+    stop: int,
+    images_per_person: int,
+    noise: float,
+    rates: str,
+    image_size: int,
+) -> int:
+    """Generate people ``start..stop-1``; write their per-image files and this shard's rows."""
+    root = Location.of(out)
+    scale = IntensityScale.for_rates(rates)
+    labeler = NoisyLabeler(noise=noise, seed=seed)
+    tsv_lines: list[str] = []
+    truth_lines: list[str] = []
+    for index in range(start, stop):
+        rng = np.random.default_rng([seed, _PERSON, index])
+        person = sample_person(rng, fake_mid(seed, index))
+        identity = sample_identity(rng, person.gender, person.region)
+        offset = person_offsets(rng, 1)[0]
+        levels = scale.levels(sample_photo_latents(rng, offset, images_per_person))
+        ranks = np.sort(rng.choice(np.arange(1, 3 * images_per_person + 1), images_per_person,
+                                   replace=False))  # fmt: skip
+        labels = labeler.label(
+            np.random.default_rng([seed, _LABELS, index]), person.mid, levels, in_the_wild=True
+        )
+        bio = write_biography_json(person.mid, person.name, person.description, person.article)
+        root.join(BIOS_DIR, f"{person.mid[2:]}.json").write_bytes(bio.encode("utf-8"))
+        for j in range(images_per_person):
+            scene_rng = np.random.default_rng([seed, _SCENE, index, j])
+            scene = sample_scene(scene_rng)
+            quality = int(scene_rng.integers(75, 96))
+            rendered = render_face(identity, levels[j], scene, (image_size, image_size))
+            jpeg = base64.b64encode(encode_jpeg(rendered.image, quality)).decode("ascii")
+            rank, face_id = int(ranks[j]), 0
+            name = msceleb_image_name(person.mid, rank, face_id)
+            tsv_lines.append(
+                "\t".join(
+                    [
+                        person.mid,
+                        str(rank),
+                        f"http://images.synthetic.invalid/{person.mid}/{rank}.jpg",
+                        f"http://pages.synthetic.invalid/{person.mid}/{rank}.html",
+                        str(face_id),
+                        face_rectangle(rendered.face_box, image_size, image_size),
+                        jpeg,
+                    ]
+                )
+            )
+            csv_text = openface_image_csv(labels, j)
+            root.join(OPENFACE_DIR, f"{image_key(name)}.csv").write_bytes(csv_text.encode())
+            truth = [name, person.mid, person.gender, person.region]
+            truth += [str(v) for v in rendered.face_box]
+            truth += [str(int(v >= 2)) for v in levels[j]] + [str(int(v)) for v in levels[j]]
+            truth_lines.append(csv_line(truth))
+    write_part(root, f"{start:09d}.tsv", tsv_lines)
+    write_part(root, f"{start:09d}.truth.csv", truth_lines)
+    return len(tsv_lines)
+
+
+def generate_celeb(
+    out: str,
+    *,
+    people: int,
+    images_per_person: int,
+    seed: int,
+    noise: float = 1.0,
+    use_ray: bool = False,
+    rates: str = "celeb",
+    image_size: int = 256,
+    people_per_shard: int = 200,
+    workers: int = 0,
+) -> CelebWorldSummary:
+    """Write a celeb world under ``out`` (module docstring for the layout); same seed, same bytes."""
+    if people < 1 or images_per_person < 1:
+        raise ValueError(
+            f"people ({people}) and images_per_person ({images_per_person}) must be >= 1"
+        )
+    if image_size < 160:
+        raise ValueError(f"image_size {image_size} too small; faces must be >= 128 px (use >= 160)")
+    rate_table(rates)  # fail early on an unknown table
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    root = Location.of(out)
+    clear_parts(root)
+    step = max(1, people_per_shard)
+    tasks = [
+        (
+            root.uri,
+            seed,
+            start,
+            min(start + step, people),
+            images_per_person,
+            noise,
+            rates,
+            image_size,
+        )  # fmt: skip
+        for start in range(0, people, step)
+    ]
+    images = sum(run_tasks(_write_shard, tasks, use_ray=use_ray, workers=workers))
+    join_parts(root, ".tsv", root.join(TSV_NAME))
+    join_parts(root, ".truth.csv", root.join(TRUTH_NAME), ",".join(TRUTH_COLUMNS))
+    clear_parts(root)
+    return CelebWorldSummary(
+        out=root.uri,
+        people=people,
+        images=images,
+        tsv=root.join(TSV_NAME).uri,
+        openface_dir=root.join(OPENFACE_DIR).uri,
+        bios_dir=root.join(BIOS_DIR).uri,
+        truth_csv=root.join(TRUTH_NAME).uri,
+        shards=len(tasks),
+    )
+
+
+def generate_celeb_from_config(config: SynthCelebConfig) -> CelebWorldSummary:
+    """:func:`generate_celeb` with the options of a :class:`SynthCelebConfig`."""
+    if not config.out:
+        raise ValueError("SynthCelebConfig.out is empty; give an output folder")
+    return generate_celeb(
+        config.out,
+        people=config.people,
+        images_per_person=config.images_per_person,
+        seed=config.seed,
+        noise=config.noise,
+        use_ray=config.use_ray,
+        rates=config.rates,
+        image_size=config.image_size,
+        people_per_shard=config.people_per_shard,
+        workers=config.workers,
+    )
