@@ -503,3 +503,21 @@ def test_disfa_world_from_config_and_bad_options(tmp_path):
         generate_disfa(str(tmp_path / "x"), subjects=28, seed=1)
     with pytest.raises(ValueError, match="people"):
         generate_celeb(str(tmp_path / "y"), people=0, images_per_person=1, seed=1)
+
+
+@pytest.mark.slow
+def test_worlds_can_be_written_to_s3(s3_bucket, celeb, tmp_path):
+    from pipeline.storage import Location
+
+    generate_celeb(f"s3://{s3_bucket}/celeb", people=5, images_per_person=3, seed=11,
+                   people_per_shard=2)  # fmt: skip
+    remote = Location.of(f"s3://{s3_bucket}/celeb")
+    assert remote.join(TSV_NAME).read_bytes() == (celeb / TSV_NAME).read_bytes()
+    assert not remote.join("_shards").exists()
+    generate_disfa(f"s3://{s3_bucket}/disfa", subjects=1, frames=2, seed=1)
+    local = tmp_path / "disfa"
+    generate_disfa(str(local), subjects=1, frames=2, seed=1)
+    video = "Videos_RightCamera/RightVideoSN002_comp.avi"
+    assert (
+        Location.of(f"s3://{s3_bucket}/disfa/{video}").read_bytes() == (local / video).read_bytes()
+    )

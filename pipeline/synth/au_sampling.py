@@ -151,18 +151,12 @@ class IntensityScale:
         out = np.zeros(z.shape, np.float64)
         for i in range(z.shape[-1]):
             t = self.thresholds[i]
-            if not np.isfinite(t).all():
-                finite = t[np.isfinite(t)]
-                if finite.size == 0:
-                    continue
-                t = np.concatenate([finite, finite[-1] + 1.0 + np.arange(5 - finite.size)])
-                cap = finite.size - 0.5 + 0.49
-            else:
-                cap = 5.0
+            if not np.isfinite(t).all():  # rate 0: the AU never shows
+                continue
             span = max(float(t[-1] - t[-2]), 0.25)
             knots_x = np.concatenate([[t[0] - 0.6], t, [t[-1] + span]])
             knots_y = np.concatenate([[0.0], np.arange(5) + 0.5, [5.0]])
-            out[..., i] = np.minimum(np.interp(z[..., i], knots_x, knots_y), cap)
+            out[..., i] = np.interp(z[..., i], knots_x, knots_y)
         return out
 
 

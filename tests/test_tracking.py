@@ -1,0 +1,221 @@
+"""MLflow tracking: URIs, params, git commit, and a pre-training run checked through a real server."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from corpus_fixture import make_corpus
+from mlflow.tracking import MlflowClient
+
+from pipeline.corpus.manifest import load_manifest
+from training.augment import AugmentConfig
+from training.model import ModelConfig
+from training.pretrain import run_pretraining
+from training.pretrain_config import REGISTERED_MODEL_NAME, PretrainConfig
+from training.tracking import (
+    create_run,
+    default_artifact_location,
+    flatten,
+    git_commit,
+    log_metrics,
+    log_params,
+    resolve_tracking_uri,
+)
+
+
+def test_default_store_is_an_absolute_sqlite_database_with_artifacts_beside_it(tmp_path):
+    uri = resolve_tracking_uri(None, cwd=tmp_path)
+    assert uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert default_artifact_location(uri) == (tmp_path / "mlartifacts").as_uri()
+    assert resolve_tracking_uri("sqlite:///runs/m.db", cwd=tmp_path) == (
+        f"sqlite:///{tmp_path}/runs/m.db"
+    )
+    assert resolve_tracking_uri("mlruns", cwd=tmp_path) == (tmp_path / "mlruns").as_uri()
+    assert resolve_tracking_uri("http://mlflow:5000", cwd=tmp_path) == "http://mlflow:5000"
+    assert default_artifact_location("http://mlflow:5000") is None
+
+
+def test_nested_config_flattens_to_dotted_param_names():
+    assert flatten({"lr": 0.005, "model": {"width": 1.0, "deep": {"x": [1, 2]}}}) == {
+        "lr": 0.005,
+        "model.width": 1.0,
+        "model.deep.x": [1, 2],
+    }
+
+
+def test_git_commit_reads_branch_refs_packed_refs_and_detached_heads(tmp_path, monkeypatch):
+    monkeypatch.delenv("FACS_GIT_COMMIT", raising=False)
+    git = tmp_path / "repo" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    inside = tmp_path / "repo" / "training"
+    inside.mkdir()
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text("a" * 40 + "\n")
+    assert git_commit(inside) == "a" * 40
+    (git / "refs" / "heads" / "main").unlink()
+    (git / "packed-refs").write_text(f"# pack-refs\n{'b' * 40} refs/heads/main\n")
+    assert git_commit(inside) == "b" * 40
+    (git / "HEAD").write_text("c" * 40 + "\n")
+    assert git_commit(inside) == "c" * 40
+    monkeypatch.setenv("FACS_GIT_COMMIT", "d" * 40)
+    assert git_commit(inside) == "d" * 40
+
+
+def test_metrics_skip_nan_and_params_batch_past_mlflow_limits(tmp_path):
+    run = create_run(f"sqlite:///{tmp_path}/m.db", "unit", "r")
+    log_params(run, {f"p{i}": i for i in range(250)} | {"long": "x" * 7000})
+    log_metrics(run, {"val_roc_auc_AU05": math.nan, "val_loss": 0.5, "inf": math.inf}, step=1)
+    data = MlflowClient(run.tracking_uri).get_run(run.run_id).data
+    assert len(data.params) == 251 and data.params["p249"] == "249"
+    assert len(data.params["long"]) == 6000
+    assert data.metrics == {"val_loss": 0.5}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, **query) -> dict:
+    full = url + ("?" + urllib.parse.urlencode(query) if query else "")
+    with urllib.request.urlopen(full, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and proxied artifacts; yields its URL."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the server and its uvicorn worker
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(
+                    f"mlflow server did not come up on {url}:\n"
+                    + (folder / "server.log").read_text()[-3000:]
+                )
+            time.sleep(0.5)
+        yield url, folder / "artifacts"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.slow
+def test_pretraining_against_an_mlflow_server_is_visible_through_its_rest_api(
+    ray_local, mlflow_server, tmp_path
+):
+    url, artifacts = mlflow_server
+    corpus = make_corpus(tmp_path / "corpus", images=160, identities=20)
+    config = PretrainConfig(
+        corpus=corpus.uri,
+        workers=2,
+        cpus_per_worker=0.5,
+        batch_size=16,
+        model=ModelConfig(width=0.125),
+        augment=AugmentConfig(strength=0.5),
+        max_epochs=1,
+        storage_path=str(tmp_path / "runs"),
+        run_name="served",
+        mlflow_uri=url,
+        experiment="facs-pretrain-served",
+        cache_data=True,
+        shuffle_buffer=32,
+        prefetch_batches=2,
+    )
+    result = run_pretraining(config)
+    api = url + "/api/2.0/mlflow"
+
+    experiment = get_json(api + "/experiments/get-by-name", experiment_name="facs-pretrain-served")
+    runs = post_json(
+        api + "/runs/search",
+        {
+            "experiment_ids": [experiment["experiment"]["experiment_id"]],
+            "filter": "tags.`facs.run_name` = 'served'",
+        },
+    )["runs"]
+    assert [r["info"]["run_id"] for r in runs] == [result.mlflow_run_id]
+    run = runs[0]
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["corpus_uri"] == corpus.uri
+    assert params["corpus_version"] == "1"
+    assert params["corpus_manifest_hash"] == load_manifest(corpus.uri).content_hash(1)
+    assert params["workers"] == "2" and params["lr"] == "0.005"
+    assert float(params["pixel_mean"]) == pytest.approx(corpus.train_pixel_mean, abs=1e-9)
+    metrics = {m["key"]: m for m in run["data"]["metrics"]}
+    for key in ("train_loss", "val_loss", "val_f1_mean", "samples_per_s", "data_wait_fraction"):
+        assert metrics[key]["step"] == 1, key
+    history = get_json(
+        api + "/metrics/get-history", run_id=result.mlflow_run_id, metric_key="val_loss"
+    )
+    assert [m["step"] for m in history["metrics"]] == [1]
+    assert history["metrics"][0]["value"] == pytest.approx(result.best_val_loss)
+
+    registered = get_json(api + "/registered-models/get", name=REGISTERED_MODEL_NAME)
+    assert registered["registered_model"]["name"] == REGISTERED_MODEL_NAME
+    version = get_json(
+        api + "/model-versions/get", name=REGISTERED_MODEL_NAME, version=result.registered_version
+    )["model_version"]
+    assert version["run_id"] == result.mlflow_run_id
+    tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    assert tags["corpus.version"] == "1"
+    assert tags["corpus.manifest_hash"] == params["corpus_manifest_hash"]
+    assert float(tags["pixel_mean"]) == pytest.approx(corpus.train_pixel_mean)
+    # The model's files went through the server's artifact proxy into its destination folder.
+    assert list(artifacts.rglob("MLmodel")), f"no MLmodel file under {artifacts}"

@@ -1,0 +1,147 @@
+"""Corpus -> Ray Datasets -> uint8 device batches: the training input pipeline and the pixel mean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from pipeline.corpus.read import read_corpus
+from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
+
+FACE_COLUMN = "face"
+#: The pre-training targets, in the order of the model's 17 logits.
+LABEL_COLUMNS: tuple[str, ...] = OPENFACE_AUS
+FACE_BYTES = FACE_SIZE * FACE_SIZE
+
+
+def corpus_splits(
+    corpus: str, version: int | None = None, subset: str | None = None
+) -> dict[str, ray.data.Dataset]:
+    """``{"train": ..., "val": ...}``: the corpus's identity-disjoint splits, faces and labels only."""
+    columns = [FACE_COLUMN, *LABEL_COLUMNS]
+    return {
+        split: read_corpus(corpus, version, subset=subset, split=split).select_columns(columns)
+        for split in ("train", "val")
+    }
+
+
+def faces_from_arrow(column: pa.Array | pa.ChunkedArray, where: str = "batch") -> np.ndarray:
+    """A binary column of 64x64 uint8 faces -> ``(N, 64, 64)`` uint8, without a per-row loop."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.binary())
+    if column.null_count:
+        row = column.is_null().to_numpy(zero_copy_only=False).argmax()
+        raise ValueError(f"{where}: row {row} has no face (null); expected {FACE_BYTES} bytes")
+    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], dtype=offset_type)
+    offsets = offsets[column.offset : column.offset + len(column) + 1]
+    lengths = np.diff(offsets)
+    if (lengths != FACE_BYTES).any():
+        row = int(np.argmax(lengths != FACE_BYTES))
+        raise ValueError(
+            f"{where}: row {row} has a face of {lengths[row]} bytes; "
+            f"expected {FACE_BYTES} ({FACE_SIZE}x{FACE_SIZE} uint8)"
+        )
+    if len(column) == 0:
+        return np.zeros((0, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)
+    return data[offsets[0] : offsets[-1]].reshape(len(column), FACE_SIZE, FACE_SIZE)
+
+
+def labels_from_arrow(table: pa.Table, where: str = "batch") -> np.ndarray:
+    """The 17 AU columns -> ``(N, 17)`` uint8 presence bits; a null or non-0/1 label is an error."""
+    labels = np.empty((table.num_rows, len(LABEL_COLUMNS)), dtype=np.uint8)
+    for k, au in enumerate(LABEL_COLUMNS):
+        column = table.column(au)
+        if column.null_count:
+            row = int(column.is_null().to_numpy(zero_copy_only=False).argmax())
+            raise ValueError(f"{where}: row {row} has no {au} label; expected 0 or 1")
+        values = column.to_numpy(zero_copy_only=False)
+        if ((values != 0) & (values != 1)).any():
+            row = int(np.argmax((values != 0) & (values != 1)))
+            raise ValueError(f"{where}: row {row} has {au} = {values[row]}; expected 0 or 1")
+        labels[:, k] = values
+    return labels
+
+
+class FaceBatchCollate(ArrowBatchCollateFn):
+    """Arrow batch -> ``{"faces": uint8 (N, 64, 64), "labels": uint8 (N, 17)}`` CPU tensors.
+
+    The bytes stay uint8 until they reach the device (a quarter of float32's traffic); Ray moves
+    the dict to the worker's device (and pins it, if asked) after this runs in its prefetch thread.
+    """
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        faces = faces_from_arrow(batch.column(FACE_COLUMN))
+        labels = labels_from_arrow(batch)
+        # np.frombuffer views are read-only; torch wants writable memory to own.
+        return {"faces": torch.from_numpy(faces.copy()), "labels": torch.from_numpy(labels)}
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a worker iterates its shard each epoch."""
+
+    batch_size: int
+    shuffle_buffer: int = 0
+    prefetch_batches: int = 4
+    drop_last: bool = True
+    seed: int | None = None
+
+
+def device_batches(
+    shard: ray.data.DataIterator,
+    options: BatchOptions,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(faces uint8 (N, 64, 64), labels uint8 (N, 17))`` on ``device``, at most ``limit`` batches."""
+    device = torch.device(device)
+    shuffle = options.shuffle_buffer if options.shuffle_buffer > 0 else None
+    if shuffle is not None:
+        shuffle = max(shuffle, options.batch_size)
+    batches = shard.iter_torch_batches(
+        batch_size=options.batch_size,
+        collate_fn=FaceBatchCollate(),
+        device=device,
+        drop_last=options.drop_last,
+        local_shuffle_buffer_size=shuffle,
+        local_shuffle_seed=options.seed if shuffle is not None else None,
+        prefetch_batches=options.prefetch_batches,
+        pin_memory=device.type == "cuda",
+    )
+    for count, batch in enumerate(batches):
+        if limit is not None and count >= limit:
+            break
+        yield batch["faces"], batch["labels"]
+
+
+def pixel_sums(batch: pa.Table) -> pa.Table:
+    """One row: the sum of the batch's pixels and how many there are."""
+    faces = faces_from_arrow(batch.column(FACE_COLUMN), where="pixel mean")
+    return pa.table(
+        {
+            "pixel_sum": pa.array([int(faces.sum(dtype=np.uint64))], pa.uint64()),
+            "pixels": pa.array([faces.size], pa.uint64()),
+        }
+    )
+
+
+def pixel_mean(dataset: ray.data.Dataset) -> float:
+    """Mean pixel of the dataset's faces on the [0, 1] scale (one pass; the paper's normaliser)."""
+    sums = (
+        dataset.select_columns([FACE_COLUMN])
+        .map_batches(pixel_sums, batch_format="pyarrow", batch_size=4096)
+        .take_all()
+    )
+    total = sum(int(row["pixel_sum"]) for row in sums)
+    count = sum(int(row["pixels"]) for row in sums)
+    if count == 0:
+        raise ValueError("pixel_mean: the dataset has no faces (is the train split empty?)")
+    return total / count / 255.0

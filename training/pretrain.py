@@ -1,0 +1,379 @@
+"""`facs pretrain`: corpus -> Ray Train DDP workers -> best checkpoint -> MLflow run and registry.
+
+``run_pretraining(config)`` is the one entry point (the CLI and Ray jobs call it). It reads the
+corpus version, computes the pixel mean of its train split, opens the MLflow run, runs a
+``TorchTrainer`` over ``train_loop.train_worker`` and finally logs and registers the best model.
+
+A run lives in ``<storage_path>/<run_name>/``: Ray Train's checkpoints (one per epoch; the latest
+and the best by validation loss are kept) and ``facs_run.json``, which ties the folder to its
+MLflow run and pixel mean so that ``--resume`` continues both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from pipeline.corpus.manifest import CorpusError, load_manifest
+from pipeline.storage import Location, is_s3
+from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
+from training.data import corpus_splits, pixel_mean
+from training.flops import count_parameters, flops_per_sample
+from training.model import build_model
+from training.pretrain_config import PretrainConfig
+from training.tracking import (
+    RunHandle,
+    create_run,
+    end_run,
+    git_commit,
+    log_metrics,
+    log_model,
+    log_params,
+    reopen_run,
+    resolve_tracking_uri,
+)
+from training.train_loop import WorkerSetup, train_worker
+
+RUN_INFO = "facs_run.json"
+FAULT_MARKER = "fault-injected"
+FAIL_ENV = "FACS_PRETRAIN_FAIL_AT_EPOCH"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    """What a pre-training run left behind, and where."""
+
+    run_name: str
+    run_uri: str  # <storage_path>/<run_name>
+    mlflow_run_id: str
+    tracking_uri: str
+    epochs: int  # epochs completed in total (resumed runs included)
+    best_epoch: int
+    best_val_loss: float
+    best_checkpoint: str  # URI of the best checkpoint's folder
+    stopped_early: bool
+    pixel_mean: float
+    corpus_version: int
+    model_uri: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's, as reported
+
+
+@dataclass
+class CorpusFacts:
+    uri: str
+    version: int
+    subset: str | None
+    manifest_hash: str
+
+
+def corpus_facts(config: PretrainConfig) -> CorpusFacts:
+    if not config.corpus:
+        raise ValueError("PretrainConfig.corpus: expected a corpus URI (--corpus), got none")
+    manifest = load_manifest(config.corpus)
+    version = config.version or manifest.latest
+    if config.subset is not None:
+        if config.subset not in manifest.subsets:
+            known = ", ".join(sorted(manifest.subsets)) or "none"
+            raise CorpusError(
+                f"no subset named {config.subset!r} in {config.corpus} (known: {known})"
+            )
+        version = manifest.subsets[config.subset].version
+    return CorpusFacts(config.corpus, version, config.subset, manifest.content_hash(version))
+
+
+def storage_root(config: PretrainConfig) -> Location:
+    return Location.of(config.storage_path)
+
+
+def read_run_info(run_dir: Location) -> dict[str, Any] | None:
+    info = run_dir.join(RUN_INFO)
+    if not info.exists():
+        return None
+    try:
+        return json.loads(info.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{info.uri}: not valid JSON ({error}); expected a facs run record"
+        ) from error
+
+
+def newest_run(root: Location) -> str | None:
+    """The name of the most recently created run directly under ``root`` (by its record)."""
+    import pyarrow.fs as pafs
+
+    selector = pafs.FileSelector(root.path, recursive=False, allow_not_found=True)
+    runs = []
+    for info in root.fs.get_file_info(selector):
+        if info.type == pafs.FileType.Directory:
+            record = read_run_info(root.join(info.base_name))
+            if record is not None:
+                runs.append((record.get("created", ""), info.base_name))
+    return max(runs)[1] if runs else None
+
+
+def choose_run(config: PretrainConfig, root: Location) -> tuple[str, dict[str, Any] | None]:
+    """``(run name, existing run record or None)``, refusing to start over an existing run."""
+    if config.resume:
+        name = config.run_name or newest_run(root)
+        if name is None:
+            raise ValueError(f"--resume: no run to resume under {root.uri}")
+        record = read_run_info(root.join(name))
+        if record is None:
+            raise ValueError(
+                f"--resume: {root.join(name).uri} has no {RUN_INFO}; nothing to resume"
+            )
+        return name, record
+    name = config.run_name or "pretrain-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    if read_run_info(root.join(name)) is not None:
+        raise ValueError(
+            f"run {name!r} already exists at {root.join(name).uri}: pass --resume to continue it "
+            "or choose another --run-name"
+        )
+    return name, None
+
+
+def check_same_corpus(record: dict[str, Any], facts: CorpusFacts, where: str) -> None:
+    saved = record.get("corpus", {})
+    now = asdict(facts)
+    different = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
+    if different:
+        raise ValueError(
+            f"{where}: --resume with another corpus than the run was started with "
+            f"(field: (then, now)): {different}"
+        )
+
+
+def ensure_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+
+
+def run_params(config: PretrainConfig, facts: CorpusFacts, mean: float) -> dict[str, Any]:
+    model = build_model(config.model)
+    return {
+        **asdict(config),
+        "corpus_uri": facts.uri,
+        "corpus_version": facts.version,
+        "corpus_manifest_hash": facts.manifest_hash,
+        "pixel_mean": mean,
+        "worker_batch_size": config.worker_batch_size,
+        "global_batch": config.worker_batch_size * config.workers,
+        "model_parameters": count_parameters(model),
+        "model_train_flops_per_sample": flops_per_sample(model),
+    }
+
+
+def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: float) -> RunHandle:
+    tracking_uri = resolve_tracking_uri(config.mlflow_uri)
+    tags = {
+        "corpus.uri": facts.uri,
+        "corpus.version": facts.version,
+        "corpus.subset": facts.subset or "",
+        "corpus.manifest_hash": facts.manifest_hash,
+        "git_commit": git_commit(),
+        "facs.stage": "pretrain",
+        "facs.run_name": name,
+    }
+    run = create_run(tracking_uri, config.experiment, name, tags)
+    log_params(run, run_params(config, facts, mean))
+    return run
+
+
+def scaling_config(config: PretrainConfig) -> ray.train.ScalingConfig:
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = config.gpus_per_worker
+    return ray.train.ScalingConfig(
+        num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources
+    )
+
+
+def run_config(config: PretrainConfig, root: Location, name: str) -> ray.train.RunConfig:
+    storage: dict[str, Any] = (
+        {"storage_path": root.path, "storage_filesystem": root.fs}
+        if is_s3(root.uri)
+        else {"storage_path": root.path}
+    )
+    return ray.train.RunConfig(
+        name=name,
+        **storage,
+        failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=config.keep_checkpoints,
+            checkpoint_score_attribute="val_loss",
+            checkpoint_score_order="min",
+        ),
+    )
+
+
+def run_pretraining(config: PretrainConfig) -> PretrainResult:
+    """Train (or ``resume``) a pre-training run to its end; log and register the best model.
+
+    Starts a local Ray if none is connected. Raises ``ray.train.TrainingFailedError`` when the
+    workers fail more than ``max_failures`` times (the MLflow run is then marked FAILED).
+    """
+    facts = corpus_facts(config)
+    fail_at_epoch = config.fail_at_epoch or int(os.environ.get(FAIL_ENV, "0") or 0)
+    if fail_at_epoch and not 0 <= config.fail_rank < config.workers:
+        raise ValueError(
+            f"PretrainConfig.fail_rank: expected a worker rank in [0, {config.workers}), "
+            f"got {config.fail_rank}"
+        )
+    root = storage_root(config)
+    name, record = choose_run(config, root)
+    run_dir = root.join(name)
+    ensure_ray()
+    datasets = corpus_splits(facts.uri, facts.version, facts.subset)
+    if config.cache_data:
+        datasets = {split: dataset.materialize() for split, dataset in datasets.items()}
+
+    if record is not None:
+        check_same_corpus(record, facts, run_dir.join(RUN_INFO).uri)
+        mean = float(record["pixel_mean"])
+        tracking = record["mlflow"]
+        mlflow_run = RunHandle(
+            tracking["tracking_uri"], tracking["experiment_id"], tracking["run_id"]
+        )
+        reopen_run(mlflow_run)
+        print(f"[facs] resuming run {name} (MLflow run {mlflow_run.run_id})", flush=True)
+    else:
+        mean = config.pixel_mean if config.pixel_mean is not None else pixel_mean(datasets["train"])
+        mlflow_run = start_tracking(config, name, facts, mean)
+        record = {
+            "run_name": name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pixel_mean": mean,
+            "corpus": asdict(facts),
+            "mlflow": asdict(mlflow_run),
+            "config": asdict(config),
+        }
+        run_dir.join(RUN_INFO).write_text_atomic(json.dumps(record, indent=2))
+        print(
+            f"[facs] run {name}: corpus {facts.uri} v{facts.version} "
+            f"(hash {facts.manifest_hash}), pixel mean {mean:.4f}, MLflow run {mlflow_run.run_id} "
+            f"at {mlflow_run.tracking_uri}",
+            flush=True,
+        )
+
+    setup = WorkerSetup(
+        config=replace(config, fail_at_epoch=fail_at_epoch),
+        pixel_mean=mean,
+        mlflow_run=mlflow_run,
+        fail_at_epoch=fail_at_epoch,
+        fault_marker=run_dir.join(FAULT_MARKER).uri if fail_at_epoch else "",
+    )
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"setup": setup},
+        scaling_config=scaling_config(config),
+        run_config=run_config(config, root, name),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        end_run(mlflow_run, "KILLED")
+        raise
+    except Exception:
+        end_run(mlflow_run, "FAILED")
+        raise
+    return finish(config, result, mlflow_run, name, run_dir, root, facts, mean)
+
+
+def checkpoint_uri(root: Location, checkpoint: ray.train.Checkpoint) -> str:
+    return root.uri_of(checkpoint.path)
+
+
+def finish(
+    config: PretrainConfig,
+    result: ray.train.Result,
+    mlflow_run: RunHandle,
+    name: str,
+    run_dir: Location,
+    root: Location,
+    facts: CorpusFacts,
+    mean: float,
+) -> PretrainResult:
+    best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
+    if best is None:
+        raise RuntimeError(f"run {name} at {run_dir.uri} finished without any checkpoint")
+    best_uri = checkpoint_uri(root, best)
+    best_state = load_checkpoint(best_uri)
+    latest = result.checkpoint or best
+    latest_summary = json.loads(
+        Location.of(checkpoint_uri(root, latest)).join(SUMMARY_FILE).read_text()
+    )
+    metrics = dict(result.metrics or latest_summary.get("metrics", {}))
+    epochs = int(latest_summary["epoch"])
+    waiting = int(latest_summary.get("epochs_without_improvement", 0))
+    stopped_early = (
+        bool(config.patience) and waiting >= config.patience and epochs < config.max_epochs
+    )
+
+    logged = log_model(
+        mlflow_run,
+        model_from_state(best_state),
+        pixel_mean=mean,
+        register_as=config.register_as or None,
+        version_tags={
+            "corpus.uri": facts.uri,
+            "corpus.version": facts.version,
+            "corpus.subset": facts.subset or "",
+            "corpus.manifest_hash": facts.manifest_hash,
+            "best_epoch": best_state.epoch,
+            "val_loss": best_state.best_val_loss,
+            "checkpoint": best_uri,
+        },
+        metadata={"corpus_version": facts.version, "best_epoch": best_state.epoch},
+    )
+    log_metrics(
+        mlflow_run,
+        {
+            "final_best_val_loss": best_state.best_val_loss,
+            "final_best_epoch": best_state.epoch,
+            "final_epochs": epochs,
+        },
+        step=epochs,
+    )
+    end_run(mlflow_run, "FINISHED")
+    best_val_loss = best_state.best_val_loss
+    print(
+        f"[facs] run {name} done: {epochs} epochs, best val loss {best_val_loss:.4f} at epoch "
+        f"{best_state.epoch}; best checkpoint {best_uri}"
+        + (
+            f"; registered {logged.registered_name} v{logged.registered_version}"
+            if logged.registered_version
+            else ""
+        ),
+        flush=True,
+    )
+    return PretrainResult(
+        run_name=name,
+        run_uri=run_dir.uri,
+        mlflow_run_id=mlflow_run.run_id,
+        tracking_uri=mlflow_run.tracking_uri,
+        epochs=epochs,
+        best_epoch=best_state.epoch,
+        best_val_loss=best_val_loss if math.isfinite(best_val_loss) else math.nan,
+        best_checkpoint=best_uri,
+        stopped_early=stopped_early,
+        pixel_mean=mean,
+        corpus_version=facts.version,
+        model_uri=logged.model_uri,
+        registered_model=logged.registered_name,
+        registered_version=logged.registered_version,
+        metrics=metrics,
+    )
