@@ -77,7 +77,9 @@ def _synth(args: argparse.Namespace, world: str) -> int:
     config = _load(args)
     if config.use_ray:
         ensure_ray(args.ray_address)
-    summary = (generate_celeb_from_config if world == "celeb" else generate_disfa_from_config)(config)
+    summary = (generate_celeb_from_config if world == "celeb" else generate_disfa_from_config)(
+        config
+    )
     print(summary)
     return 0
 
