@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.data.expressions import col
 
 from pipeline.corpus.manifest import CorpusError, Manifest, load_manifest
 from pipeline.storage import Location
@@ -81,5 +82,5 @@ def read_corpus(
     if hashes is not None or split is not None:
         dataset = dataset.map_batches(_KeepRows(hashes, split), batch_format="pyarrow")
     if labelled_only:
-        dataset = dataset.filter(expr="label_source != 'none'")
+        dataset = dataset.filter(expr=col("label_source") != "none")
     return dataset
