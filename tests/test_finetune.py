@@ -1,0 +1,309 @@
+"""Fine-tuning on a tiny synthetic DISFA: 3-fold CV on Ray Train, MLflow runs, Table III, no leakage."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.disfa import DisfaConfig, Fold, make_folds, prepare_disfa
+from pipeline.synth.disfa_world import generate_disfa
+from pipeline.vocabulary import DISFA_AUS, OPENFACE_AUS, PAPER_COMPARISON_AUS
+from training.augment import AugmentConfig
+from training.checkpoints import TrainingState, load_checkpoint, save_checkpoint
+from training.evaluate import FoldPredictions, evaluate_folds, table3_markdown, table3_rows
+from training.finetune import (
+    FoldResult,
+    arm_inits,
+    check_no_leakage,
+    class_weights,
+    run_cross_validation,
+    snapshot,
+)
+from training.finetune_config import FinetuneConfig
+from training.init_weights import InitError, initial_model, resolve_init
+from training.model import ModelConfig, build_model
+
+WIDTH = 0.125
+SUBJECTS, FRAMES = 6, 30
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
+    """A 17-AU network saved as a pre-training checkpoint (its weights stand in for training)."""
+    torch.manual_seed(123)
+    model = build_model(ModelConfig(width=WIDTH))
+    folder = tmp_path_factory.mktemp("pretrained")
+    state = TrainingState(
+        epoch=3,
+        model_state={k: v.clone() for k, v in model.state_dict().items()},
+        model_config=asdict(model.config),
+        pixel_mean=0.42,
+    )
+    save_checkpoint(folder, state)
+    return str(folder), state.model_state
+
+
+@pytest.fixture(scope="module")
+def disfa(tmp_path_factory) -> DisfaConfig:
+    root = tmp_path_factory.mktemp("disfa")
+    world = generate_disfa(str(root / "world"), subjects=SUBJECTS, frames=FRAMES, seed=11)
+    return DisfaConfig(root=world.out, cache=str(root / "cache"))
+
+
+def small_config(disfa: DisfaConfig, pretrained: str, folder: Path, **overrides) -> FinetuneConfig:
+    values = dict(
+        disfa=disfa,
+        pretrained=pretrained,
+        init="pretrained",
+        val_subjects=1,
+        model=ModelConfig(width=WIDTH),
+        augment=AugmentConfig(strength=0.5),
+        max_epochs=2,
+        batches_per_epoch=2,
+        batch_size=16,
+        cpus_per_worker=0.5,
+        shuffle_buffer=32,
+        prefetch_batches=1,
+        freeze_blocks=2,
+        class_weighting=True,
+        storage_path=str(folder / "runs"),
+        mlflow_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        run_name="cv",
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def cv(ray_local, disfa, pretrained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finetune")
+    config = small_config(disfa, pretrained[0], folder)
+    result = run_cross_validation(config)
+    return result, config, prepare_disfa(disfa)  # the second call is a cache hit
+
+
+def child_runs(client: MlflowClient, parent_id: str):
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], max_results=100)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def test_cross_validation_logs_a_parent_run_and_a_nested_run_per_fold(cv):
+    result, _, _ = cv
+    arm = result.arms["pretrained"]
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(arm.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["facs.init"] == "pretrained"
+    assert 0.0 <= parent.data.metrics["test_pooled_f1_mean"] <= 1.0
+    children = child_runs(client, arm.mlflow_run_id)
+    assert sorted(int(r.data.tags["facs.fold"]) for r in children) == [1, 2, 3]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        fold = arm.folds[int(run.data.tags["facs.fold"]) - 1].fold
+        assert run.data.params["test_subjects"] == ",".join(fold.test_subjects)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert sorted(steps) == [1, 2]
+        assert "test_f1_mean" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(arm.mlflow_run_id, "report")}
+    assert {"report/table3.md", "report/table3.csv"} <= artifacts
+
+    assert result.registered_model == "facs-vgg13-disfa"
+    version = client.get_model_version(result.registered_model, result.registered_version)
+    assert version.run_id == arm.mlflow_run_id
+    assert int(version.tags["fold"]) == result.final_fold
+
+
+def test_table3_holds_the_paper_rows_and_this_run(cv):
+    result, _, _ = cv
+    report = Path(result.report_uri)
+    markdown = (report / "table3.md").read_text()
+    lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if "|" in line}
+    assert "53.6" in lines["OpenFace 2.0"]
+    assert "56.9" in lines["LP-Net"]
+    assert "VGG13 pre-trained (this run)" in lines
+    with open(report / "table3.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["method", *PAPER_COMPARISON_AUS, "Avg"]
+    by_name = {row[0]: row[1:] for row in rows[1:]}
+    assert float(by_name["OpenFace 2.0"][-1]) == 53.6 and by_name["OpenFace 2.0"][0] == ""
+    assert float(by_name["LP-Net"][-1]) == 56.9
+    ours = [float(v) for v in by_name["VGG13 pre-trained (this run)"]]
+    assert ours[-1] == pytest.approx(np.mean(ours[:-1]))  # Avg is the mean of the 8 AUs
+    assert ours[-1] == pytest.approx(100 * result.arms["pretrained"].mean_f1_paper8)
+    for kind in ("pr", "roc"):
+        png = report / f"{kind}-curves-vgg13-pre-trained-this-run.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_test_subject_ever_reaches_training_or_validation(cv):
+    result, _, frames = cv
+    folds = result.arms["pretrained"].folds
+    for fold_result in folds:
+        fold, seen = fold_result.fold, fold_result.subjects_seen
+        # What the workers were actually fed, per split, equals the fold's subjects.
+        assert seen["train"] == sorted(fold.train_subjects)
+        assert seen["val"] == sorted(fold.val_subjects)
+        assert seen["test"] == sorted(fold.test_subjects)
+        assert not set(seen["test"]) & (set(seen["train"]) | set(seen["val"]))
+        rows = fold_result.predictions
+        assert set(rows.subjects) == set(fold.test_subjects)
+        expected = sum(frames.manifest.accepted_per_subject[s] for s in fold.test_subjects)
+        assert len(rows.subjects) == expected
+    tested = [s for f in folds for s in f.fold.test_subjects]
+    assert sorted(tested) == frames.subjects()  # every subject is tested exactly once
+
+
+def test_test_labels_are_the_cached_labels_of_each_frame(cv):
+    result, _, frames = cv
+    table = frames.table(columns=["subject", "frame", *DISFA_AUS]).to_pylist()
+    truth = {(r["subject"], r["frame"]): [r[au] for au in DISFA_AUS] for r in table}
+    for fold_result in result.arms["pretrained"].folds:
+        p = fold_result.predictions
+        for subject, frame, labels in zip(p.subjects, p.frames, p.y_true, strict=True):
+            assert list(labels) == truth[(str(subject), int(frame))]
+        assert ((p.y_prob >= 0) & (p.y_prob <= 1)).all()
+
+
+def test_fold_models_keep_frozen_pretrained_blocks_under_a_12_au_head(cv, pretrained):
+    result, config, _ = cv
+    _, original = pretrained
+    for fold_result in result.arms["pretrained"].folds:
+        state = load_checkpoint(fold_result.checkpoint).model_state
+        assert state["head.weight"].shape[0] == len(DISFA_AUS)
+        for key, tensor in original.items():
+            if key.startswith("head."):
+                continue
+            block = int(key.split(".")[1]) if key.startswith("conv_blocks.") else None
+            frozen = block is not None and block < config.freeze_blocks
+            assert torch.equal(state[key], tensor) == frozen, key
+
+
+def test_the_registered_model_reads_back_as_a_disfa_model(cv):
+    result, _, _ = cv
+    uri = f"models:/{result.registered_model}/{result.registered_version}"
+    init = resolve_init(uri, result.tracking_uri)
+    assert init.au_names == DISFA_AUS
+    final = result.arms["pretrained"].folds[result.final_fold - 1]
+    assert init.pixel_mean == pytest.approx(final.pixel_mean)
+    saved = load_checkpoint(final.checkpoint).model_state
+    for key, tensor in saved.items():
+        assert torch.equal(init.state_dict[key], tensor), key
+
+
+# -- Without Ray ------------------------------------------------------------------------------
+
+
+def test_init_from_a_checkpoint_loads_the_backbone_and_replaces_the_head(pretrained):
+    path, original = pretrained
+    init = resolve_init(path)
+    assert init.au_names == OPENFACE_AUS
+    torch.manual_seed(0)
+    model = initial_model(init, ModelConfig(), len(DISFA_AUS))
+    assert model.head.out_features == len(DISFA_AUS)
+    for key, tensor in model.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(tensor, original[key]), key
+    scratch = initial_model(resolve_init("scratch"), ModelConfig(width=WIDTH), len(DISFA_AUS))
+    assert not torch.equal(
+        scratch.conv_blocks[0].conv1.weight, original["conv_blocks.0.conv1.weight"]
+    )
+
+
+def test_a_scratch_arm_gets_the_pretrained_architecture(pretrained, disfa, tmp_path):
+    config = small_config(
+        disfa, pretrained[0], tmp_path, compare_init=True, model=ModelConfig(width=1.0)
+    )
+    inits, scratch_model = arm_inits(config)
+    assert list(inits) == ["scratch", "pretrained"]
+    assert inits["scratch"].is_scratch and not inits["pretrained"].is_scratch
+    assert scratch_model.width == WIDTH  # the checkpoint's, not config.model's 1.0
+
+
+def test_kept_best_weights_do_not_follow_later_training():
+    model = build_model(ModelConfig(width=WIDTH))
+    kept = snapshot(model)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)  # what a later optimiser step does, in place
+    assert not torch.equal(kept["head.weight"], model.head.weight)
+
+
+def test_an_unknown_weight_source_is_named(tmp_path):
+    with pytest.raises(InitError, match="no-such-checkpoint"):
+        resolve_init(str(tmp_path / "no-such-checkpoint"))
+
+
+def test_pretrained_init_without_weights_is_refused_before_any_work(disfa, tmp_path):
+    config = small_config(disfa, "", tmp_path)
+    with pytest.raises(ValueError, match="--pretrained"):
+        run_cross_validation(config)
+
+
+def test_config_rejects_freezing_more_blocks_than_exist():
+    with pytest.raises(ValueError, match="freeze_blocks"):
+        FinetuneConfig(freeze_blocks=5)
+
+
+def predictions(fold: int, y_true: list[int], y_prob: list[float]) -> FoldPredictions:
+    """A fold whose 12 AU columns all hold the same labels and scores."""
+    labels = np.repeat(np.array(y_true, np.uint8)[:, None], len(DISFA_AUS), axis=1)
+    probs = np.repeat(np.array(y_prob, np.float32)[:, None], len(DISFA_AUS), axis=1)
+    n = len(y_true)
+    return FoldPredictions(fold, np.array(["SN001"] * n), np.arange(n), labels, probs)
+
+
+def test_metrics_per_fold_and_pooled_by_hand():
+    # Fold 1: TP, FN, FP, TN -> F1 = 2/(2+1+1) = 0.5. Fold 2: TP, TN -> F1 = 1.
+    # Pooled: TP 2, FN 1, FP 1 -> F1 = 4/6.
+    metrics = evaluate_folds(
+        [predictions(1, [1, 1, 0, 0], [0.9, 0.2, 0.6, 0.1]), predictions(2, [1, 0], [0.7, 0.3])]
+    )
+    assert metrics.per_fold[1].f1["AU01"] == pytest.approx(0.5)
+    assert metrics.per_fold[2].f1["AU26"] == pytest.approx(1.0)
+    assert metrics.pooled.f1["AU12"] == pytest.approx(4 / 6)
+    assert metrics.fold_mean("f1") == pytest.approx(0.75)
+    # Pooled ROC-AUC: positives {0.9, 0.2, 0.7} vs negatives {0.6, 0.1, 0.3}: 7 of 9 pairs.
+    assert metrics.pooled.roc_auc["AU01"] == pytest.approx(7 / 9)
+    rows = table3_rows({"run": metrics})
+    assert rows["run"]["AU01"] == pytest.approx(100 * 4 / 6)
+    assert rows["run"]["Avg"] == pytest.approx(100 * 4 / 6)
+    text = table3_markdown(rows)
+    assert "| OpenFace 2.0 |" in text and "**66.7**" in text and "**59.9**" not in text
+
+
+def test_leakage_check_names_a_trained_on_test_subject():
+    fold = Fold(1, ("SN002",), ("SN001", "SN003"), ("SN004",))
+    leaked = FoldResult(
+        arm="pretrained",
+        fold=fold,
+        mlflow_run_id="x",
+        checkpoint="x",
+        epochs=1,
+        best_epoch=1,
+        best_monitor=0.5,
+        stopped_early=False,
+        pixel_mean=0.5,
+        subjects_seen={"train": ["SN001", "SN002"], "val": ["SN004"], "test": ["SN002"]},
+        predictions=predictions(1, [1], [0.5]),
+        seconds=0.0,
+    )
+    with pytest.raises(RuntimeError, match="SN002"):
+        check_no_leakage(leaked)
+
+
+def test_class_weights_are_negatives_over_positives_capped(cv):
+    _, _, frames = cv
+    fold = make_folds(frames.subjects(), scheme="paper", val_subjects_per_fold=1)[0]
+    table = frames.table(fold.train_subjects, columns=list(DISFA_AUS)).to_pandas()
+    weights = class_weights(frames, fold.train_subjects, cap=5.0)
+    for au, weight in zip(DISFA_AUS, weights, strict=True):
+        positives = int(table[au].sum())
+        negatives = len(table) - positives
+        expected = 5.0 if positives == 0 else min(5.0, max(1.0, negatives / positives))
+        assert weight == pytest.approx(expected), au
