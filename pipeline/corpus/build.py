@@ -43,7 +43,7 @@ from pipeline.names import IMAGE_EXTENSIONS
 from pipeline.rejects import RejectReason
 from pipeline.schema import CORPUS_SCHEMA
 from pipeline.sources import read_image_folder, read_msceleb_tsv
-from pipeline.sources.records import IO_TASK_CPUS
+from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
 from pipeline.storage import Location
 from pipeline.vocabulary import OPENFACE_AUS
 
@@ -259,7 +259,18 @@ def build_version(
     staging = root.join("versions", f"v{version:04d}")
     staging.delete_dir()  # leftovers of a crashed build of this version: never listed, so redo
 
+    if config.label_model and labeler is None:
+        raise CorpusError(
+            f"label_model={config.label_model!r} needs the model-backed labeler: build_version "
+            "does not load models itself (pass labeler=training.model_labeler.ModelLabeler."
+            "from_source(...), as `facs corpus add --label-model` does)"
+        )
     tables = _label_tables(config)
+    if labeler is not None and tables:
+        raise CorpusError(
+            "give either label files (--labels-*) or a label model, not both: each row gets one "
+            "label source"
+        )
     if labeler is None and tables:
         labeler = TableLabeler.from_tables(tables)
     if labeler is None:
@@ -285,6 +296,7 @@ def build_version(
         partition_cols=[STATUS_COLUMN],
         min_rows_per_file=config.rows_per_file,
         ray_remote_args={"num_cpus": IO_TASK_CPUS},
+        concurrency=io_concurrency(),
     )
     elapsed = time.perf_counter() - started
 

@@ -23,7 +23,7 @@ import ray
 from pipeline.disfa.config import DisfaConfig
 from pipeline.disfa.layout import FileStamp
 from pipeline.disfa.schema import DISFA_FRAME_SCHEMA, STATUS_COLUMN
-from pipeline.sources.records import IO_TASK_CPUS
+from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
 from pipeline.storage import Location
 
 #: Bump when the cached rows change meaning, so older entries are not reused.
@@ -155,7 +155,11 @@ class DisfaFrames:
         if not files:
             return ray.data.from_arrow(DISFA_FRAME_SCHEMA.empty_table())
         dataset = ray.data.read_parquet(
-            files, filesystem=self.location.fs, partitioning=None, num_cpus=IO_TASK_CPUS
+            files,
+            filesystem=self.location.fs,
+            partitioning=None,
+            num_cpus=IO_TASK_CPUS,
+            concurrency=io_concurrency(),
         )
         if subjects is None:
             return dataset
@@ -164,6 +168,7 @@ class DisfaFrames:
             fn_kwargs={"subjects": subjects},
             batch_format="pyarrow",
             num_cpus=IO_TASK_CPUS,
+            concurrency=io_concurrency(),
         )
 
     def table(

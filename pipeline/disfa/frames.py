@@ -34,7 +34,7 @@ from pipeline.disfa.layout import FRAME_IMAGE_PATTERN, VIDEO_PREFIXES, DisfaLayo
 from pipeline.disfa.schema import FRAME_RECORD_SCHEMA, intensity_column
 from pipeline.names import frame_name
 from pipeline.rejects import RejectReason
-from pipeline.sources.records import IO_TASK_CPUS
+from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
 from pipeline.storage import Location, is_s3
 from pipeline.vocabulary import DISFA_AUS
 
@@ -300,7 +300,11 @@ def read_image_frames(image_uris: list[str], labels: pa.Table) -> ray.data.Datas
     s3 = is_s3(first.uri)
     paths = [uri[len("s3://") :] for uri in image_uris] if s3 else image_uris
     dataset = ray.data.read_binary_files(
-        paths, include_paths=True, filesystem=first.fs, num_cpus=IO_TASK_CPUS
+        paths,
+        include_paths=True,
+        filesystem=first.fs,
+        num_cpus=IO_TASK_CPUS,
+        concurrency=io_concurrency(),
     )
     return dataset.map_batches(
         _ImageFrameRecords,

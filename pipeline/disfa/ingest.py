@@ -52,7 +52,7 @@ from pipeline.disfa.layout import (
 )
 from pipeline.disfa.schema import STATUS_COLUMN
 from pipeline.rejects import RejectReason
-from pipeline.sources.records import IO_TASK_CPUS
+from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
 from pipeline.storage import Location, is_s3
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ def _ingest(config: DisfaConfig, inputs: _Inputs, key: str, location: Location) 
         partition_cols=[STATUS_COLUMN],
         min_rows_per_file=config.rows_per_file,
         ray_remote_args={"num_cpus": IO_TASK_CPUS},
+        concurrency=io_concurrency(),
     )
     seconds = time.perf_counter() - started
     files, accepted, found, reasons = _written(location)

@@ -10,7 +10,7 @@ import numpy as np
 import ray
 
 from pipeline.names import IMAGE_EXTENSIONS
-from pipeline.sources.records import IO_TASK_CPUS, UNKNOWN_IDENTITY
+from pipeline.sources.records import IO_TASK_CPUS, UNKNOWN_IDENTITY, io_concurrency
 from pipeline.storage import Location
 
 
@@ -80,6 +80,7 @@ def read_image_folder(uri: str, identities_csv: str | None = None) -> ray.data.D
         filesystem=location.fs,
         file_extensions=extensions,
         num_cpus=IO_TASK_CPUS,
+        concurrency=io_concurrency(),
     )
     prefix = "s3://" if location.uri.startswith("s3://") else ""
     return dataset.map_batches(
@@ -87,4 +88,5 @@ def read_image_folder(uri: str, identities_csv: str | None = None) -> ray.data.D
         batch_format="numpy",
         batch_size=256,
         num_cpus=IO_TASK_CPUS,
+        concurrency=io_concurrency(),
     )

@@ -21,7 +21,7 @@ from ray.data.block import BlockMetadata
 
 from pipeline.names import msceleb_image_name
 from pipeline.rejects import RejectReason
-from pipeline.sources.records import IO_TASK_CPUS, RECORD_SCHEMA, UNKNOWN_IDENTITY
+from pipeline.sources.records import IO_TASK_CPUS, RECORD_SCHEMA, UNKNOWN_IDENTITY, io_concurrency
 from pipeline.storage import Location
 
 TSV_COLUMNS = (
@@ -171,4 +171,8 @@ def read_msceleb_tsv(
     """MS-Celeb TSV file(s) as input records (identity = MID, name = <MID>_<rank>-FaceId-<id>.jpg)."""
     if isinstance(uris, str):
         uris = [uris]
-    return ray.data.read_datasource(MsCelebTsvDatasource(uris, range_bytes), num_cpus=IO_TASK_CPUS)
+    return ray.data.read_datasource(
+        MsCelebTsvDatasource(uris, range_bytes),
+        num_cpus=IO_TASK_CPUS,
+        concurrency=io_concurrency(),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import ray
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -19,6 +20,17 @@ UNKNOWN_IDENTITY = "unknown"
 #: Reads and writes are I/O-bound; they are scheduled with no CPU reservation so that the face
 #: workers (one per core) can hold every core without starving the reads that feed them.
 IO_TASK_CPUS = 0.0
+
+
+def io_concurrency() -> int:
+    """How many zero-CPU read/write tasks may run at once: one per CPU of the cluster (at least 2).
+
+    Tasks that reserve no CPU are not throttled by the scheduler: without this bound Ray Data starts
+    every pending read task at once, each in a new worker process (60+ processes on 2 cores, the
+    build spending its time importing Python instead of finding faces).
+    """
+    cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else 1
+    return max(2, int(cpus))
 
 
 def records_table(rows: dict[str, list]) -> pa.Table:
