@@ -14,6 +14,8 @@ from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.corpus.manifest import CorpusError
 from pipeline.corpus.subset import SubsetConfig
 from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
+from training.finetune_config import FinetuneConfig
+from training.predict import PredictConfig
 from training.pretrain_config import PretrainConfig
 
 Command = Callable[[argparse.Namespace], int]
@@ -43,7 +45,15 @@ def _corpus_build(args: argparse.Namespace, append: bool) -> int:
 
     config = _load(args)
     ensure_ray(args.ray_address)
-    entry = build_version(config, append=append)
+    labeler = None
+    if config.label_model:
+        from training.model_labeler import ModelLabeler
+
+        labeler = ModelLabeler.from_source(
+            config.label_model, config.mlflow_uri, threshold=config.label_threshold
+        )
+        print(f"labelling with {labeler.name} (AUs: {', '.join(labeler.weights.au_names)})")
+    entry = build_version(config, append=append, labeler=labeler)
     print(
         f"corpus {config.corpus} version {entry.version}: {entry.rows_read} rows read = "
         f"{entry.accepted} accepted + {entry.rejected} rejected {entry.reject_counts} "
@@ -91,6 +101,42 @@ def _pretrain(args: argparse.Namespace) -> int:
     ensure_ray(args.ray_address)
     result = run_pretraining(config)
     print(result)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from training.finetune import run_cross_validation
+
+    config = _load(args)
+    ensure_ray(args.ray_address)
+    result = run_cross_validation(config)
+    print(result.table3)
+    for arm in result.arms.values():
+        print(
+            f"{arm.label}: mean F1 {arm.mean_f1:.3f} (12 AUs), {arm.mean_f1_paper8:.3f} "
+            f"(paper's 8), MLflow run {arm.mlflow_run_id}"
+        )
+    print(f"report: {result.report_uri}")
+    if result.registered_model:
+        print(f"model: models:/{result.registered_model}/{result.registered_version}")
+    print(f"MLflow: {result.tracking_uri}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from training.predict import run_predict
+
+    if args.input_paths:
+        args.cfg__inputs = [*getattr(args, "cfg__inputs", []), *args.input_paths]
+    config = _load(args)
+    ensure_ray(args.ray_address)
+    summary = run_predict(config)
+    rejects = ", ".join(f"{k}: {v}" for k, v in summary.rejects.items()) or "none"
+    print(
+        f"{summary.rows} rows ({summary.faces} faces scored; rejects {rejects}) from "
+        f"{summary.images} images, {summary.videos} videos ({summary.video_frames} frames), "
+        f"{summary.corpus_faces} corpus faces -> {summary.out} in {summary.seconds} s"
+    )
     return 0
 
 
@@ -156,6 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
         PretrainConfig,
         "Pre-train the VGG13 on a corpus version with Ray Train (DDP), tracked in MLflow.",
         _pretrain,
+    )
+    finetune = _config_parser(
+        stages,
+        "finetune",
+        FinetuneConfig,
+        "Fine-tune on DISFA with subject-independent cross-validation; Table III; MLflow.",
+        _finetune,
+    )
+    finetune.add_argument(
+        "--disfa",
+        dest="cfg__disfa__root",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="the DISFA root (same as --disfa-root)",
+    )
+    predict = _config_parser(
+        stages,
+        "predict",
+        PredictConfig,
+        "Score AUs on images, folders, videos or a corpus with a trained model (CSV/Parquet).",
+        _predict,
+    )
+    predict.add_argument(
+        "input_paths",
+        nargs="*",
+        metavar="INPUT",
+        help="images, folders, videos or corpus roots (added to --inputs)",
     )
     return parser
 

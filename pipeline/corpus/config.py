@@ -56,6 +56,20 @@ class CorpusBuildConfig:
         default=None, metadata={"help": "Bios.zip or folder of Knowledge-Graph JSON biographies"}
     )
     labels: LabelSourcesConfig = field(default_factory=LabelSourcesConfig)
+    label_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "label the faces with a trained model instead of label files (self-training): "
+            "models:/facs-vgg13-pretrained/1, runs:/<id>/model or a checkpoint folder"
+        },
+    )
+    label_threshold: float = field(
+        default=0.5, metadata={"help": "with --label-model: probability at which an AU is present"}
+    )
+    mlflow_uri: str | None = field(
+        default=None,
+        metadata={"help": "MLflow tracking URI for models:/ and runs:/ label models"},
+    )
     face: FaceConfig = field(default_factory=FaceConfig)
     workers: int = field(
         default=0,
