@@ -43,13 +43,12 @@ from pipeline.names import IMAGE_EXTENSIONS
 from pipeline.rejects import RejectReason
 from pipeline.schema import CORPUS_SCHEMA
 from pipeline.sources import read_image_folder, read_msceleb_tsv
-from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
+from pipeline.status_write import ACCEPTED, REJECTED, STATUS_COLUMN, status_folder, write_by_status
 from pipeline.storage import Location
 from pipeline.vocabulary import OPENFACE_AUS
 
 log = logging.getLogger(__name__)
 
-STATUS_COLUMN = "status"
 UNLABELLED = "none"
 
 
@@ -282,26 +281,20 @@ def build_version(
 
     started = time.perf_counter()
     workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    rows = _records(config).map_batches(
+    write_by_status(
+        _records(config),
         CorpusRowMaker,
-        fn_constructor_args=(config, labeler, people, ledger),
+        (config, labeler, people, ledger),
+        staging,
+        workers=workers,
         batch_size=config.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1,
-    )
-    rows.write_parquet(
-        staging.path,
-        filesystem=staging.fs,
-        partition_cols=[STATUS_COLUMN],
-        min_rows_per_file=config.rows_per_file,
-        ray_remote_args={"num_cpus": IO_TASK_CPUS},
-        concurrency=io_concurrency(),
+        rows_per_file=config.rows_per_file,
     )
     elapsed = time.perf_counter() - started
 
-    data_dir = staging.join(f"{STATUS_COLUMN}=accepted")
-    rejects_dir = staging.join(f"{STATUS_COLUMN}=rejected")
+    data_dir = status_folder(staging, ACCEPTED)
+    rejects_dir = status_folder(staging, REJECTED)
     data_files, accepted = _count_written(data_dir)
     _, rejected = _count_written(rejects_dir)
     rows_in = ray.get(ledger.rows.remote())

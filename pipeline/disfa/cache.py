@@ -22,15 +22,16 @@ import ray
 
 from pipeline.disfa.config import DisfaConfig
 from pipeline.disfa.layout import FileStamp
-from pipeline.disfa.schema import DISFA_FRAME_SCHEMA, STATUS_COLUMN
+from pipeline.disfa.schema import DISFA_FRAME_SCHEMA
 from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
+from pipeline.status_write import ACCEPTED, REJECTED
 from pipeline.storage import Location
 
 #: Bump when the cached rows change meaning, so older entries are not reused.
 CACHE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 DEFAULT_CACHE = "~/.cache/facs/disfa"
-STATUSES: tuple[str, ...] = ("accepted", "rejected")
+STATUSES: tuple[str, ...] = (ACCEPTED, REJECTED)
 #: Face options that change speed only.
 _SPEED_ONLY_FACE_OPTIONS = ("opencv_threads",)
 
@@ -197,7 +198,3 @@ class DisfaFrames:
 
 def write_manifest(location: Location, manifest: CacheManifest) -> None:
     location.join(MANIFEST_NAME).write_text_atomic(manifest.to_json())
-
-
-def status_dir(location: Location, status: str) -> Location:
-    return location.join(f"{STATUS_COLUMN}={status}")

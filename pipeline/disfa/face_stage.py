@@ -6,9 +6,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from pipeline.disfa.schema import DISFA_FRAME_SCHEMA, STATUS_COLUMN
+from pipeline.disfa.schema import DISFA_FRAME_SCHEMA
 from pipeline.faces import FaceConfig, FaceProcessor, FaceResult, crop_square_face
 from pipeline.rejects import RejectReason
+from pipeline.status_write import STATUS_COLUMN
 
 _PASSED_THROUGH = [f.name for f in DISFA_FRAME_SCHEMA if f.name not in ("face", "face_box")]
 

@@ -27,7 +27,6 @@ from pipeline.disfa.cache import (
     DisfaFrames,
     cache_key,
     cache_root,
-    status_dir,
     write_manifest,
 )
 from pipeline.disfa.config import DisfaConfig
@@ -50,9 +49,8 @@ from pipeline.disfa.layout import (
     find_videos,
     label_stamps,
 )
-from pipeline.disfa.schema import STATUS_COLUMN
 from pipeline.rejects import RejectReason
-from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
+from pipeline.status_write import status_folder, write_by_status
 from pipeline.storage import Location, is_s3
 
 log = logging.getLogger(__name__)
@@ -146,7 +144,7 @@ def _written(
     prefix = location.path.rstrip("/") + "/"
     for status in STATUSES:
         held: dict[str, list[str]] = {}
-        for path in status_dir(location, status).list_files():
+        for path in status_folder(location, status).list_files():
             if not path.endswith(".parquet"):
                 continue
             table = pq.read_table(
@@ -173,21 +171,15 @@ def _ingest(config: DisfaConfig, inputs: _Inputs, key: str, location: Location) 
     else:
         records, labelled = _image_records(config, inputs)
     ledger = FrameLedger.remote()
-    rows = records.map_batches(
+    write_by_status(
+        records,
         DisfaFaceStage,
-        fn_constructor_args=(config.face, ledger),
+        (config.face, ledger),
+        location,
+        workers=workers,
         batch_size=config.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1,
-    )
-    rows.write_parquet(
-        location.path,
-        filesystem=location.fs,
-        partition_cols=[STATUS_COLUMN],
-        min_rows_per_file=config.rows_per_file,
-        ray_remote_args={"num_cpus": IO_TASK_CPUS},
-        concurrency=io_concurrency(),
+        rows_per_file=config.rows_per_file,
     )
     seconds = time.perf_counter() - started
     files, accepted, found, reasons = _written(location)

@@ -6,8 +6,6 @@ import pyarrow as pa
 
 from pipeline.vocabulary import DISFA_AUS
 
-STATUS_COLUMN = "status"
-
 
 def intensity_column(au: str) -> str:
     """``"AU01"`` -> ``"AU01_intensity"``: the DISFA intensity (0-5) beside the presence bit."""
