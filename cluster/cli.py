@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT",
         help="images, folders, videos or corpus roots (added to --inputs)",
     )
+    from cluster.cluster_cli import register as register_cluster_commands
+
+    register_cluster_commands(stages)
     return parser
 
 

@@ -1,0 +1,272 @@
+"""`facs cluster up|status|down`, `facs submit` and `facs jobs` against a real Ray head and a real
+MLflow server on 127.0.0.1 (own ports and temp dir, apart from the session's Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import free_port
+
+from cluster import cluster_cli
+from cluster.cli import build_parser
+from cluster.local_cluster import (
+    ClusterState,
+    client_env_lines,
+    cluster_processes,
+    http_get,
+    port_is_free,
+)
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def facs(argv: list[str]) -> int:
+    """`facs ARGV` in this process, with the cluster commands registered if cli.py does not yet."""
+    parser = build_parser()
+    stages = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "cluster" not in stages.choices:
+        cluster_cli.register(stages)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def test_token_comes_from_rays_sources_in_rays_order_and_is_never_shown(monkeypatch, tmp_path):
+    from cluster.auth import ensure_token_file, resolve_token
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    assert resolve_token() is None
+    cluster_file = ensure_token_file(tmp_path / "run" / "auth_token")
+    assert cluster_file.stat().st_mode & 0o777 == 0o600
+    from_cluster = resolve_token(cluster_file)
+    assert from_cluster.secret == cluster_file.read_text() and len(from_cluster.secret) == 64
+    assert from_cluster.secret not in repr(from_cluster) + str(from_cluster)
+    other = tmp_path / "other_token"
+    other.write_text("from-path\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(other))
+    assert resolve_token(cluster_file).secret == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert resolve_token(cluster_file).source == "$RAY_AUTH_TOKEN"
+
+
+def test_up_refuses_a_port_in_use_and_starts_nothing(tmp_path):
+    import socket
+
+    from cluster.local_cluster import ClusterError, LocalClusterConfig, up
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        config = LocalClusterConfig(
+            run_dir=str(tmp_path / "run"),
+            ray_port=free_port(),
+            dashboard_port=taken,
+            client_server_port=free_port(),
+            dashboard_agent_port=free_port(),
+            mlflow_port=free_port(),
+        )
+        with pytest.raises(ClusterError, match=f"port {taken} .*dashboard_port.*--dashboard-port"):
+            up(config)
+    assert not (tmp_path / "run" / "cluster.json").exists()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    """A local cluster started with `facs cluster up` on free ports, MLflow artifacts on the test
+    S3 server; stopped at the end."""
+    import boto3
+
+    bucket = f"facs-cluster-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    # A short path: Ray's Unix socket paths under it must stay below 108 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="facs-c-", dir="/tmp"))
+    ports = {
+        "--ray-port": free_port(),
+        "--dashboard-port": free_port(),
+        "--client-server-port": free_port(),
+        "--dashboard-agent-port": free_port(),
+        "--mlflow-port": free_port(),
+    }
+    argv = ["cluster", "up", "--run-dir", str(run_dir), "--num-cpus", "1"]
+    argv += ["--artifact-root", f"s3://{bucket}/mlflow"]
+    for flag, port in ports.items():
+        argv += [flag, str(port)]
+    try:
+        assert facs(argv) == 0
+        yield ClusterState.load(run_dir)
+    finally:
+        if (run_dir / "cluster.json").exists():
+            facs(["cluster", "down", "--run-dir", str(run_dir)])
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_up_starts_a_healthy_ray_head_with_token_auth_and_an_mlflow_server(cluster, capsys):
+    assert facs(["cluster", "status", "--run-dir", cluster.run_dir, "--json"]) == 0
+    health = json.loads(capsys.readouterr().out)
+    assert health["ray"]["healthy"] and health["ray"]["auth_mode"] == "token"
+    assert health["mlflow"]["healthy"]
+    # MLflow's REST API works (and has its SQLite store under the run directory).
+    code, body = http_get(f"{cluster.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=5")
+    assert code == 200 and "experiments" in json.loads(body)
+    assert (Path(cluster.run_dir) / "mlflow.db").is_file()
+    # Artifacts go through the server to its S3 artifact root; the client needs no S3 access.
+    import boto3
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cluster.mlflow_url)
+    run = client.create_run(client.create_experiment("cluster-smoke"))
+    client.log_text(run.info.run_id, "hello", "notes/hello.txt")
+    bucket, prefix = cluster.artifact_root.removeprefix("s3://").split("/", 1)
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    assert any(key.endswith(f"{run.info.run_id}/artifacts/notes/hello.txt") for key in keys), keys
+    # Every listening socket of the cluster is on 127.0.0.1 only.
+    listening = [
+        conn.laddr
+        for process in cluster_processes(cluster)
+        for conn in _connections(process)
+        if conn.status == psutil.CONN_LISTEN
+    ]
+    ports = {addr.port for addr in listening}
+    assert {cluster.ports["dashboard_port"], cluster.ports["mlflow_port"]} <= ports
+    assert {addr.ip.removeprefix("::ffff:") for addr in listening} == {"127.0.0.1"}, listening
+    assert Path(cluster.token_path).stat().st_mode & 0o077 == 0, "token file must be owner-only"
+
+
+def _connections(process: psutil.Process) -> list:
+    try:
+        return process.net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def test_jobs_api_refuses_requests_without_the_token(cluster, monkeypatch, tmp_path, capsys):
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
+    url = f"{cluster.dashboard_url}/api/jobs/"
+    assert http_get(url)[0] == 401
+    wrong = urllib.request.Request(url, headers={"Authorization": "Bearer not-the-token"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(wrong, timeout=5)
+    assert refused.value.code == 403
+    # The SDK path: `facs submit` to the cluster's address with no token anywhere is refused.
+    code = facs(
+        [
+            "submit",
+            "--address",
+            cluster.dashboard_url,
+            "--run-dir",
+            str(tmp_path),
+            "corpus",
+            "--help",
+        ]
+    )
+    assert code == 2
+    assert "refused" in capsys.readouterr().err
+    # ... and nothing was run.
+    token = Path(cluster.token_path).read_text().strip()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.loads(response.read()) == []
+
+
+def test_submit_runs_a_stage_streams_its_logs_and_exits_0(cluster, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-forward-me")
+    argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "ok-job", "corpus", "--help"]
+    assert facs(argv) == 0
+    out = capsys.readouterr().out
+    assert "usage: facs corpus" in out  # the job's own output, streamed back
+    assert "SUCCEEDED" in out
+    token = Path(cluster.token_path).read_text().strip()
+    assert token not in out
+    # Settings reached the job as env vars; the secret did not travel.
+    from cluster.submit import job_client, resolve_target
+
+    info = job_client(resolve_target(None, cluster.run_dir)).get_job_info("ok-job")
+    env_vars = info.runtime_env["env_vars"]
+    assert env_vars["MLFLOW_TRACKING_URI"] == cluster.mlflow_url
+    assert env_vars["AWS_REGION"] == "eu-west-1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env_vars
+    assert "do-not-forward-me" not in json.dumps(info.runtime_env)
+    assert info.entrypoint == "python -m cluster.cli corpus --help"
+
+
+def test_the_readme_ray_job_submit_command_works_with_the_printed_environment(cluster):
+    """`eval "$(facs cluster status | grep ^export)"; ray job submit --working-dir . ...`"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    for line in client_env_lines(cluster):
+        key, value = line.removeprefix("export ").split("=", 1)
+        env[key] = value
+    command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", "."]
+    command += ["--runtime-env", "cluster/runtime_env.yaml", "--", "python", "-m", "cluster.cli"]
+    command += ["corpus", "--help"]
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "usage: facs corpus" in done.stdout
+    assert Path(cluster.token_path).read_text().strip() not in done.stdout + done.stderr
+
+
+def test_a_failing_job_returns_its_exit_status_and_shows_its_error(cluster, capsys):
+    argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "bad-job"]
+    argv += ["corpus", "stats", "--corpus", "/nonexistent/corpus"]
+    assert facs(argv) == 2  # the exit status of `facs corpus stats` inside the job
+    out = capsys.readouterr().out
+    assert "no corpus at /nonexistent/corpus" in out
+    assert "FAILED" in out
+    assert facs(["cluster", "status", "--run-dir", cluster.run_dir]) == 0  # still healthy
+    assert facs(["jobs", "list", "--run-dir", cluster.run_dir]) == 0
+    listing = capsys.readouterr().out
+    assert any(line.startswith("ok-job") and "SUCCEEDED" in line for line in listing.splitlines())
+    assert any(line.startswith("bad-job") and "FAILED" in line for line in listing.splitlines())
+
+
+def test_jobs_stop_stops_a_running_job(cluster, capsys):
+    from cluster.submit import job_client, resolve_target
+
+    client = job_client(resolve_target(None, cluster.run_dir))
+    client.submit_job(entrypoint="sleep 120", submission_id="long-job")
+    deadline = time.monotonic() + 60
+    while str(client.get_job_status("long-job").value) != "RUNNING":
+        assert time.monotonic() < deadline, "the sleep job never started"
+        time.sleep(0.5)
+    assert facs(["jobs", "stop", "--run-dir", cluster.run_dir, "long-job"]) == 0
+    while str(client.get_job_status("long-job").value) != "STOPPED":
+        assert time.monotonic() < deadline, "the job did not stop"
+        time.sleep(0.5)
+
+
+def test_down_stops_every_process_up_started_and_frees_the_ports(cluster):
+    processes = cluster_processes(cluster)
+    pids = {process.pid for process in processes}
+    assert {cluster.ray.pid, cluster.mlflow.pid} <= pids
+    assert len(pids) >= 5  # ray start, gcs_server, raylet, dashboard, mlflow server, ...
+    assert facs(["cluster", "down", "--run-dir", cluster.run_dir]) == 0
+    alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"
+    assert not cluster_processes(cluster)
+    busy = {name: port for name, port in cluster.ports.items() if not port_is_free(port)}
+    assert not busy, f"ports still in use after down: {busy}"
+    assert not (Path(cluster.run_dir) / "cluster.json").exists()
+    assert not Path(cluster.token_path).exists()
