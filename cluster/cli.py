@@ -231,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="images, folders, videos or corpus roots (added to --inputs)",
     )
     from cluster.cluster_cli import register as register_cluster_commands
+    from cluster.experiment_cli import register as register_experiment_commands
 
+    register_experiment_commands(stages)
     register_cluster_commands(stages)
     return parser
 

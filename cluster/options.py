@@ -124,11 +124,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -160,18 +161,20 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+def read_yaml_mapping(yaml_path: str | Path) -> dict:
+    """A YAML file whose top level must be a mapping (an empty file is an empty one)."""
+    loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{yaml_path}: expected a YAML mapping at the top level")
+    return loaded
+
+
 def load_config(
     cls: type[T], yaml_path: str | Path | None = None, overrides: dict | None = None
 ) -> T:
     """Defaults <- YAML file <- overrides (CLI flags)."""
-    data: dict = {}
-    if yaml_path:
-        text = Path(yaml_path).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{yaml_path}: expected a YAML mapping at the top level")
-        data = loaded
-    data = _merge(data, overrides or {})
+    data = read_yaml_mapping(yaml_path) if yaml_path else {}
+    data = merge_dicts(data, overrides or {})
     return from_dict(cls, data, where=str(yaml_path) if yaml_path else cls.__name__)
 
 

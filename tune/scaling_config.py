@@ -1,0 +1,131 @@
+"""Typed configuration of `facs experiment scaling`: which subset sizes, and the one shared protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.disfa import DisfaConfig
+from training.finetune_config import FinetuneConfig
+from training.pretrain_config import PretrainConfig
+
+#: A size that stands for the whole corpus version (every labelled training row).
+ALL = "all"
+#: The paper's Table IV and V sizes.
+PAPER_IMAGES = ["1000", "2000", "10000", ALL]
+PAPER_IDENTITIES = ["12", "200", "600", "1000", ALL]
+
+
+def parse_sizes(values: list[str] | list[int], what: str) -> list[int | None]:
+    """``["1000", "all"]`` -> ``[1000, None]`` (None = the whole corpus), duplicates dropped."""
+    sizes: list[int | None] = []
+    for value in values:
+        text = str(value).strip().lower()
+        if text == ALL:
+            size = None
+        else:
+            try:
+                size = int(text)
+            except ValueError:
+                size = 0
+            if size < 1:
+                raise ValueError(
+                    f"ScalingConfig.{what}: expected positive whole numbers or {ALL!r}, "
+                    f"got {value!r}"
+                )
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+@dataclass
+class ScalingConfig:
+    """One scaling experiment: subsets of the corpus by images and by people, each pre-trained and
+    fine-tuned with the same ``pretrain`` and ``finetune`` settings (only the subset differs)."""
+
+    corpus: str = field(default="", metadata={"help": "corpus root (local folder or s3:// URI)"})
+    corpus_version: int | None = field(
+        default=None, metadata={"help": "corpus version the subsets are drawn from; none = latest"}
+    )
+    disfa: DisfaConfig = field(default_factory=DisfaConfig)
+    images: list[str] = field(
+        default_factory=lambda: list(PAPER_IMAGES),
+        metadata={
+            "help": "numbers of pre-training images (Table IV, Figure 3); 'all' = every labelled "
+            "training image of the version"
+        },
+    )
+    identities: list[str] = field(
+        default_factory=lambda: list(PAPER_IDENTITIES),
+        metadata={
+            "help": "numbers of distinct people pre-trained on (Table V, Figure 4); 'all' = "
+            "every person"
+        },
+    )
+    balance: Literal["gender", "region"] = field(
+        default="gender",
+        metadata={"help": "subsets balance gender (the paper), or gender x region"},
+    )
+    subset_seed: int = field(
+        default=0, metadata={"help": "seed of the subsets: the same seed draws the same rows"}
+    )
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    pretrain_yaml: str = field(
+        default="",
+        metadata={
+            "help": "a `facs pretrain --config` YAML as the pre-training settings (the pretrain "
+            "section and --pretrain-* flags override it)"
+        },
+    )
+    finetune_yaml: str = field(
+        default="",
+        metadata={
+            "help": "a `facs finetune --config` YAML (e.g. a sweep's best config) as the "
+            "fine-tuning settings (the finetune section and --finetune-* flags override it)"
+        },
+    )
+    concurrent: int = field(
+        default=1,
+        metadata={
+            "help": "points (pre-train + fine-tune) run at the same time, each with its own Ray "
+            "trainers; Ray queues those that do not fit. 1 on a laptop"
+        },
+    )
+    output: str = field(
+        default="./runs/scaling",
+        metadata={"help": "folder or s3:// prefix for the runs and the report (tables, figures)"},
+    )
+    run_name: str | None = field(
+        default=None, metadata={"help": "the experiment's folder and run name; none = timestamped"}
+    )
+    mlflow_uri: str | None = field(
+        default=None,
+        metadata={"help": "MLflow tracking URI for every run; none = sqlite:///<cwd>/mlflow.db"},
+    )
+    experiment: str = field(
+        default="facs-scaling", metadata={"help": "MLflow experiment of the parent and point runs"}
+    )
+    register_models: bool = field(
+        default=False,
+        metadata={
+            "help": "also register each point's pre-trained and fine-tuned models (off: the "
+            "registry keeps only models meant for use)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.images = [str(v) for v in self.images]
+        self.identities = [str(v) for v in self.identities]
+        parse_sizes(self.images, "images")
+        parse_sizes(self.identities, "identities")
+        if not self.images and not self.identities:
+            raise ValueError("ScalingConfig: expected some --images or --identities sizes")
+        if self.concurrent < 1:
+            raise ValueError(f"ScalingConfig.concurrent: expected >= 1, got {self.concurrent}")
+
+    def image_sizes(self) -> list[int | None]:
+        return parse_sizes(self.images, "images")
+
+    def identity_sizes(self) -> list[int | None]:
+        return parse_sizes(self.identities, "identities")
