@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from cluster.cluster_cli import register as register_cluster_commands
     from cluster.experiment_cli import register as register_experiment_commands
+    from cluster.tune_cli import register as register_tune_command
 
+    register_tune_command(stages)
     register_experiment_commands(stages)
     register_cluster_commands(stages)
     return parser

@@ -16,8 +16,9 @@ final model registered as ``facs-vgg13-disfa``. With ``compare_init`` an umbrell
 two arms' parent runs and the side-by-side table.
 
 Layout under ``<storage_path>/<run_name>/``: ``<arm>-fold<k>/`` (Ray Train's checkpoints; the last
-one, ``final-...``, holds the best weights, the test predictions and the subjects each split fed
-the model) and ``report/``.
+one, ``final-...``, holds the best weights, the test predictions, the kept weights' validation
+predictions (per-AU thresholds are tuned on them: ``tuned_threshold_metrics``) and the subjects
+each split fed the model) and ``report/``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from training.evaluate import (
 )
 from training.finetune_config import FinetuneConfig
 from training.init_weights import InitWeights, initial_model, resolve_init
-from training.metrics import au_metrics
+from training.metrics import au_metrics, tune_thresholds
 from training.model import ModelConfig, freeze_conv_blocks
 from training.tracking import (
     RunHandle,
@@ -88,6 +89,10 @@ log = logging.getLogger(__name__)
 LABEL_COLUMNS: tuple[str, ...] = DISFA_AUS
 FRAME_COLUMNS: tuple[str, ...] = (FACE_COLUMN, "subject", "frame", *LABEL_COLUMNS)
 PREDICTIONS_FILE = "test_predictions.npz"
+#: The kept weights' validation predictions (per-AU thresholds are tuned on them, never on test).
+VAL_PREDICTIONS_FILE = "val_predictions.npz"
+#: The splits of a fold, in the order they are read; a sweep reads only the first two.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 SUBJECTS_FILE = "subjects_seen.json"
 BEST_FILE = "best_model.pt"
 FINAL_PREFIX = "final"
@@ -298,6 +303,16 @@ def _subject(subjects: Sequence[str], code: int) -> str:
     return subjects[code] if 0 <= code < len(subjects) else "?"
 
 
+def set_fc_dropout(model: nn.Module, rate: float | None) -> None:
+    """Set the fully connected layers' dropout (a fine-tuning choice; ``None`` keeps the net's)."""
+    if rate is None:
+        return
+    for module in model.classifier.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+    model.config.dropout_fc = rate
+
+
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the weights on the CPU (on a CPU device ``.cpu()`` alone would alias them)."""
     return {key: value.clone() for key, value in unwrapped_state_dict(model).items()}
@@ -340,6 +355,7 @@ def finetune_with(setup: FoldSetup) -> None:
     torch.manual_seed(config.seed * 1000 + fold.index)
     core = initial_model(setup.init, setup.scratch_model, len(LABEL_COLUMNS))
     freeze_conv_blocks(core, config.freeze_blocks)
+    set_fc_dropout(core, config.dropout)
     state, best_state, seen_codes = _restore()
     if state is not None:
         core.load_state_dict(state.model_state)
@@ -505,6 +521,14 @@ def finetune_with(setup: FoldSetup) -> None:
         ray.train.report({"final": True})
         return
     core.load_state_dict(best_state)
+    # The kept weights' validation predictions: what per-AU thresholds are tuned on.
+    val_best = evaluate_batches(
+        core,
+        fold_batches(shards["val"], eval_options, setup.subjects, device, config.val_batches),
+        pixel_mean=setup.pixel_mean,
+        autocast=autocast,
+        channels_last=channels_last,
+    )
     test = evaluate_batches(
         core,
         fold_batches(shards["test"], eval_options, setup.subjects, device),
@@ -536,6 +560,15 @@ def finetune_with(setup: FoldSetup) -> None:
     with tempfile.TemporaryDirectory() as directory:
         _save(directory, final_state, best_state, {"codes": merged, "subjects": seen_names})
         np.savez_compressed(Path(directory) / PREDICTIONS_FILE, **predictions)
+        np.savez_compressed(
+            Path(directory) / VAL_PREDICTIONS_FILE,
+            subjects=np.array(
+                [_subject(setup.subjects, int(c)) for c in val_best.subjects], dtype=str
+            ),
+            frames=val_best.frames.astype(np.int64),
+            y_true=val_best.labels,
+            y_prob=val_best.probs,
+        )
         ray.train.report(
             {"final": True, "best_monitor": sign * best_score, "best_epoch": best_epoch},
             checkpoint=ray.train.Checkpoint.from_directory(directory),
@@ -573,6 +606,8 @@ class FoldResult:
     subjects_seen: dict[str, list[str]]
     predictions: FoldPredictions
     seconds: float
+    #: The kept weights' predictions on the validation subjects (for tuned thresholds).
+    val_predictions: FoldPredictions | None = None
 
 
 @dataclass
@@ -585,6 +620,9 @@ class ArmResult:
     mlflow_run_id: str
     folds: list[FoldResult]
     metrics: CVMetrics
+    #: Test F1 with per-AU thresholds tuned on each fold's validation subjects (see
+    #: ``tuned_threshold_metrics``); empty when a fold has no validation predictions.
+    tuned: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean_f1(self) -> float:
@@ -657,14 +695,23 @@ def in_memory_dataset(table: pa.Table, rows_per_block: int = BLOCK_ROWS) -> ray.
     return ray.data.from_arrow(blocks or [table])
 
 
-def fold_data(config: FinetuneConfig, frames: DisfaFrames, fold: Fold) -> FoldData:
-    """The fold's splits as datasets; with ``cache_data`` read once here into the object store."""
+def fold_data(
+    config: FinetuneConfig, frames: DisfaFrames, fold: Fold, splits: Sequence[str] = SPLITS
+) -> FoldData:
+    """The fold's ``splits`` as datasets; with ``cache_data`` read once here into the object store.
+
+    A sweep asks for ``("train", "val")``: the test subjects' frames are then never read at all.
+    """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or "train" not in splits:
+        raise ValueError(f"fold_data: expected splits among {SPLITS} with train, got {splits}")
     columns = list(FRAME_COLUMNS)
-    splits = {
+    everyone_by_split = {
         "train": fold.train_subjects,
         "val": fold.val_subjects,
         "test": fold.test_subjects,
     }
+    splits = {split: everyone_by_split[split] for split in SPLITS if split in splits}
     if config.cache_data:
         everyone = [s for subjects in splits.values() for s in subjects]
         table = frames.table(everyone, columns=columns)
@@ -822,6 +869,13 @@ def _read_fold(
     state = load_checkpoint(uri)
     with np.load(_local_bytes(location.join(PREDICTIONS_FILE)), allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
+    val_predictions = None
+    if location.join(VAL_PREDICTIONS_FILE).exists():
+        with np.load(
+            _local_bytes(location.join(VAL_PREDICTIONS_FILE)), allow_pickle=False
+        ) as archive:
+            val = {name: archive[name] for name in archive.files}
+        val_predictions = FoldPredictions(fold.index, **val)
     seen = json.loads(location.join(SUBJECTS_FILE).read_text())["subjects"]
     predictions = FoldPredictions(
         fold=fold.index,
@@ -844,6 +898,7 @@ def _read_fold(
         subjects_seen={split: sorted(values) for split, values in seen.items()},
         predictions=predictions,
         seconds=time.perf_counter() - start,
+        val_predictions=val_predictions,
     )
 
 
@@ -875,6 +930,31 @@ def check_no_leakage(result: FoldResult) -> None:
                 f"{result.arm} fold {fold.index}: {split} batches held subjects {extra} outside "
                 f"the fold's {split} subjects {list(expected)}"
             )
+
+
+def tuned_threshold_metrics(folds: Sequence[FoldResult], default: float) -> dict[str, float]:
+    """Test F1 with each fold's per-AU thresholds tuned on that fold's validation subjects.
+
+    Per fold (``test_fold<k>_f1_mean_tuned``) and pooled (``test_pooled_f1_mean_tuned``: every
+    fold's frames binarised at its own thresholds, then counted together). An AU without positive
+    validation frames keeps ``default``. Empty when a fold lacks validation predictions.
+    """
+    if not folds or any(f.val_predictions is None for f in folds):
+        return {}
+    out: dict[str, float] = {}
+    truth, decided = [], []
+    for result in folds:
+        val, test = result.val_predictions, result.predictions
+        thresholds = tune_thresholds(val.y_true, val.y_prob, default)
+        fold_f1 = au_metrics(test.y_true, test.y_prob, test.au_names, thresholds).mean()["f1"]
+        out[f"test_fold{result.fold.index}_f1_mean_tuned"] = fold_f1
+        truth.append(test.y_true)
+        decided.append((test.y_prob >= thresholds[None, :]).astype(np.float32))
+    au_names = folds[0].predictions.au_names
+    pooled = au_metrics(np.concatenate(truth), np.concatenate(decided), au_names, 0.5)
+    out["test_pooled_f1_mean_tuned"] = pooled.mean()["f1"]
+    out["test_pooled_f1_mean_paper_tuned"] = pooled.mean(PAPER_COMPARISON_AUS)["f1"]
+    return out
 
 
 def _run_params(
@@ -911,11 +991,12 @@ def arm_inits(
     return inits, pretrained.config() if pretrained is not None else config.model
 
 
-def run_cross_validation(config: FinetuneConfig) -> CVResult:
+def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None) -> CVResult:
     """Fine-tune and evaluate every fold of every arm; write the report; register the model.
 
     Starts a local Ray if none is connected. Folds run ``concurrent_folds`` at a time, each in
-    its own trainer (Ray queues those that do not fit the cluster's resources).
+    its own trainer (Ray queues those that do not fit the cluster's resources). ``parent``: an
+    MLflow run to nest this cross-validation's runs under (a sweep's final evaluation).
     """
     arms = config.inits()
     if "pretrained" in arms and not config.pretrained:
@@ -941,6 +1022,8 @@ def run_cross_validation(config: FinetuneConfig) -> CVResult:
     name = config.run_name or "finetune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Location.of(config.storage_path).join(name)
     tags = {"facs.stage": "finetune", "facs.run_name": name, "git_commit": git_commit()}
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent.run_id
     compare_run = (
         create_run(tracking_uri, config.experiment, f"{name}-compare", {**tags, "facs.compare": 1})
         if config.compare_init
@@ -989,10 +1072,11 @@ def run_cross_validation(config: FinetuneConfig) -> CVResult:
         for arm in arms:
             mine = sorted((r for r in results if r.arm == arm), key=lambda r: r.fold.index)
             metrics = evaluate_folds([r.predictions for r in mine], config.threshold)
+            tuned = tuned_threshold_metrics(mine, config.threshold)
             arm_results[arm] = ArmResult(
-                arm, ARM_LABELS[arm], inits[arm].source, parents[arm].run_id, mine, metrics
+                arm, ARM_LABELS[arm], inits[arm].source, parents[arm].run_id, mine, metrics, tuned
             )
-            log_metrics(parents[arm], _cv_metrics(metrics), step=0)
+            log_metrics(parents[arm], {**_cv_metrics(metrics), **tuned}, step=0)
         result = _report_and_register(
             config, name, root, tracking_uri, frames, arm_results, parents, compare_run
         )

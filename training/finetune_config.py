@@ -71,6 +71,13 @@ class FinetuneConfig:
     freeze_blocks: int = field(
         default=0, metadata={"help": "freeze the first k conv blocks (0-4) of the network"}
     )
+    dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "dropout of the fully connected layers while fine-tuning; none = the "
+            "network's own (model.dropout_fc, or the pre-trained model's)"
+        },
+    )
     class_weighting: bool = field(
         default=False,
         metadata={
@@ -127,6 +134,14 @@ class FinetuneConfig:
     )
     threshold: float = field(
         default=0.5, metadata={"help": "probability at which an AU counts as present (F1)"}
+    )
+    threshold_policy: Literal["fixed", "tuned"] = field(
+        default="fixed",
+        metadata={
+            "help": "fixed: every AU at --threshold (the paper, Table III); tuned: per-AU "
+            "thresholds tuned on each fold's validation subjects. Both are logged either way; "
+            "this names the headline one"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed for the head, shuffling, augmentation"})
 
@@ -185,6 +200,14 @@ class FinetuneConfig:
             (self.patience >= 0, f"patience >= 0, got {self.patience}"),
             (self.monitor in MONITORS, f"monitor one of {sorted(MONITORS)}, got {self.monitor}"),
             (0 < self.threshold < 1, f"threshold in (0, 1), got {self.threshold}"),
+            (
+                self.threshold_policy in ("fixed", "tuned"),
+                f"threshold_policy fixed or tuned, got {self.threshold_policy!r}",
+            ),
+            (
+                self.dropout is None or 0.0 <= self.dropout < 1.0,
+                f"dropout in [0, 1), got {self.dropout}",
+            ),
             (
                 self.pixel_mean is None or 0.0 <= self.pixel_mean <= 1.0,
                 f"pixel_mean in [0, 1], got {self.pixel_mean}",
