@@ -103,7 +103,7 @@ def cluster(s3_server):
         "--dashboard-agent-port": free_port(),
         "--mlflow-port": free_port(),
     }
-    argv = ["cluster", "up", "--run-dir", str(run_dir), "--num-cpus", "1"]
+    argv = ["cluster", "up", "--run-dir", str(run_dir), "--num-cpus", "2"]
     argv += ["--artifact-root", f"s3://{bucket}/mlflow"]
     for flag, port in ports.items():
         argv += [flag, str(port)]
@@ -211,6 +211,27 @@ def test_submit_runs_a_stage_streams_its_logs_and_exits_0(cluster, monkeypatch, 
     assert info.entrypoint == "python -m cluster.cli corpus --help"
 
 
+def test_the_tiny_demo_runs_as_a_ray_job_and_leaves_its_runs_in_the_clusters_mlflow(
+    cluster, monkeypatch, tmp_path, capsys
+):
+    """The integration path: `facs submit demo` on the local cluster -> SUCCEEDED -> through the
+    cluster's MLflow server: the pre-training run, both CV parents with 3 fold children, their
+    metrics and both registered models."""
+    from mlflow_helpers import check_demo_runs
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "demo"
+    argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "demo-job"]
+    argv += ["demo", "--scale", "tiny", "--workdir", str(workdir)]
+    assert facs(argv) == 0, capsys.readouterr().out[-3000:]
+    out = capsys.readouterr().out
+    assert "SUCCEEDED" in out and "Table III" in out
+    summary = json.loads((workdir / "demo-summary.json").read_text())
+    assert summary["tracking_uri"] == cluster.mlflow_url  # the job logged to the cluster's server
+    check_demo_runs(cluster.mlflow_url, argparse.Namespace(**summary))
+
+
 def test_the_readme_ray_job_submit_command_works_with_the_printed_environment(cluster):
     """`eval "$(facs cluster status | grep ^export)"; ray job submit --working-dir . ...`"""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
@@ -230,12 +251,17 @@ def test_the_readme_ray_job_submit_command_works_with_the_printed_environment(cl
 
 def test_a_failing_job_returns_its_exit_status_and_shows_its_error(cluster, capsys):
     argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "bad-job"]
-    argv += ["corpus", "stats", "--corpus", "/nonexistent/corpus"]
-    assert facs(argv) == 2  # the exit status of `facs corpus stats` inside the job
+    argv += ["pretrain", "--corpus", "/nonexistent/corpus"]
+    assert facs(argv) == 2  # the exit status of `facs pretrain` inside the job
     out = capsys.readouterr().out
     assert "no corpus at /nonexistent/corpus" in out
     assert "FAILED" in out
     assert facs(["cluster", "status", "--run-dir", cluster.run_dir]) == 0  # still healthy
+    # Nothing of the failed job reached the registry: only the demo job's two models are there.
+    from mlflow import MlflowClient
+
+    names = {m.name for m in MlflowClient(cluster.mlflow_url).search_registered_models()}
+    assert names == {"facs-vgg13-pretrained", "facs-vgg13-disfa"}
     assert facs(["jobs", "list", "--run-dir", cluster.run_dir]) == 0
     listing = capsys.readouterr().out
     assert any(line.startswith("ok-job") and "SUCCEEDED" in line for line in listing.splitlines())

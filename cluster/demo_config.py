@@ -1,0 +1,174 @@
+"""Options of `facs demo`: a named scale preset, per-field overrides, and where things are kept."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """How big each stage of the demo is; a preset from :data:`SCALES`, fields overridable."""
+
+    people: int
+    images_per_person: int
+    disfa_subjects: int
+    disfa_frames: int
+    width: float
+    pretrain_workers: int
+    pretrain_epochs: int
+    pretrain_batches_per_epoch: int | None
+    finetune_epochs: int
+    finetune_patience: int
+    finetune_batches_per_epoch: int | None
+    batch_size: int
+    concurrent_folds: int
+    plots: bool
+    #: Measured minutes on a 2-core CPU machine (what the demo announces up front).
+    minutes_on_2_cores: float
+
+
+#: ``tiny``: tests and the cluster integration test; ``small``: the default, under 15 minutes on
+#: 2 CPU cores; ``medium``: about an hour there, minutes on a cluster; ``paper``: the paper's
+#: DISFA (27 subjects) and full-width VGG13, for a GPU cluster.
+SCALES: dict[str, DemoScale] = {
+    "tiny": DemoScale(
+        people=24, images_per_person=4, disfa_subjects=6, disfa_frames=24, width=0.125,
+        pretrain_workers=2, pretrain_epochs=1, pretrain_batches_per_epoch=2,
+        finetune_epochs=1, finetune_patience=1, finetune_batches_per_epoch=2,
+        batch_size=16, concurrent_folds=2, plots=False, minutes_on_2_cores=1.5,
+    ),
+    "small": DemoScale(
+        people=100, images_per_person=10, disfa_subjects=9, disfa_frames=80, width=0.25,
+        pretrain_workers=2, pretrain_epochs=4, pretrain_batches_per_epoch=None,
+        finetune_epochs=8, finetune_patience=4, finetune_batches_per_epoch=None,
+        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=9.0,
+    ),
+    "medium": DemoScale(
+        people=500, images_per_person=12, disfa_subjects=18, disfa_frames=300, width=0.5,
+        pretrain_workers=2, pretrain_epochs=10, pretrain_batches_per_epoch=None,
+        finetune_epochs=20, finetune_patience=5, finetune_batches_per_epoch=None,
+        batch_size=64, concurrent_folds=2, plots=True, minutes_on_2_cores=90.0,
+    ),
+    "paper": DemoScale(
+        people=2000, images_per_person=20, disfa_subjects=27, disfa_frames=4845, width=1.0,
+        pretrain_workers=4, pretrain_epochs=60, pretrain_batches_per_epoch=None,
+        finetune_epochs=100, finetune_patience=10, finetune_batches_per_epoch=None,
+        batch_size=64, concurrent_folds=0, plots=True, minutes_on_2_cores=6000.0,
+    ),
+}  # fmt: skip
+
+ScaleName = Literal["tiny", "small", "medium", "paper"]
+
+
+def _override(help_text: str) -> dict:
+    return {"help": help_text + "; none = the --scale preset's"}
+
+
+@dataclass
+class DemoConfig:
+    """`facs demo`: synthetic worlds -> corpus -> pre-training -> 3-fold fine-tuning -> Table III."""
+
+    scale: ScaleName = field(
+        default="small",
+        metadata={
+            "help": "preset size: tiny (~1-2 min, tests), small (under 15 min on 2 CPU cores), "
+            "medium (about an hour on 2 cores), paper (27 DISFA subjects, width 1.0: a GPU cluster)"
+        },
+    )
+    workdir: str = field(
+        default="./facs-demo",
+        metadata={
+            "help": "where everything goes (worlds, corpus, checkpoints, DISFA cache, report): a "
+            "local folder, or s3://bucket/prefix on a multi-node cluster"
+        },
+    )
+    local_dir: str = field(
+        default="",
+        metadata={
+            "help": "local folder for the default MLflow store when --workdir is on S3 and no "
+            "--mlflow-uri is given; empty = ./facs-demo-mlflow"
+        },
+    )
+    mlflow_uri: str | None = field(
+        default=None,
+        metadata={
+            "help": "MLflow tracking URI (e.g. http://head:5000); none = MLFLOW_TRACKING_URI, "
+            "else sqlite:///<workdir>/mlflow.db"
+        },
+    )
+    experiment: str = field(
+        default="facs-demo", metadata={"help": "MLflow experiment holding every run of the demo"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of both worlds and of training"})
+    gpus_per_worker: float = field(
+        default=0.0, metadata={"help": "GPUs per training worker (0 = train on CPU)"}
+    )
+    people: int | None = field(default=None, metadata=_override("synthetic celebrities"))
+    images_per_person: int | None = field(default=None, metadata=_override("photos per person"))
+    disfa_subjects: int | None = field(
+        default=None, metadata=_override("synthetic DISFA subjects (3-27)")
+    )
+    disfa_frames: int | None = field(default=None, metadata=_override("frames per DISFA video"))
+    width: float | None = field(default=None, metadata=_override("VGG13 width multiplier"))
+    pretrain_workers: int | None = field(
+        default=None, metadata=_override("pre-training DDP workers")
+    )
+    pretrain_epochs: int | None = field(default=None, metadata=_override("pre-training epochs"))
+    pretrain_batches_per_epoch: int | None = field(
+        default=None, metadata=_override("cap on pre-training steps per epoch")
+    )
+    finetune_epochs: int | None = field(
+        default=None, metadata=_override("fine-tuning epochs per fold (upper bound)")
+    )
+    finetune_patience: int | None = field(
+        default=None, metadata=_override("fine-tuning early-stopping patience")
+    )
+    finetune_batches_per_epoch: int | None = field(
+        default=None, metadata=_override("cap on fine-tuning steps per epoch")
+    )
+    batch_size: int | None = field(default=None, metadata=_override("samples per step per worker"))
+    concurrent_folds: int | None = field(
+        default=None, metadata=_override("fold trainers running at once (0 = all)")
+    )
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(
+                f"DemoConfig.scale: expected one of {sorted(SCALES)}, got {self.scale!r}"
+            )
+        if not self.workdir:
+            raise ValueError("DemoConfig.workdir: expected a folder or s3:// prefix, got ''")
+        scale = self.resolved()
+        checks = [
+            (scale.people >= 1, f"people >= 1, got {scale.people}"),
+            (
+                scale.images_per_person >= 2,
+                f"images_per_person >= 2, got {scale.images_per_person}",
+            ),
+            (
+                3 <= scale.disfa_subjects <= 27,
+                f"disfa_subjects in 3..27, got {scale.disfa_subjects}",
+            ),
+            (scale.disfa_frames >= 4, f"disfa_frames >= 4, got {scale.disfa_frames}"),
+            (scale.width > 0, f"width > 0, got {scale.width}"),
+            (scale.pretrain_workers >= 1, f"pretrain_workers >= 1, got {scale.pretrain_workers}"),
+            (scale.pretrain_epochs >= 1, f"pretrain_epochs >= 1, got {scale.pretrain_epochs}"),
+            (scale.finetune_epochs >= 1, f"finetune_epochs >= 1, got {scale.finetune_epochs}"),
+            (scale.batch_size >= 1, f"batch_size >= 1, got {scale.batch_size}"),
+            (scale.concurrent_folds >= 0, f"concurrent_folds >= 0, got {scale.concurrent_folds}"),
+        ]
+        for ok, expected in checks:
+            if not ok:
+                raise ValueError(f"DemoConfig: expected {expected}")
+
+    def resolved(self) -> DemoScale:
+        """The preset of ``scale`` with every field given here (not None) put in its place."""
+        preset = SCALES[self.scale]
+        given = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(DemoScale)
+            if hasattr(self, f.name) and getattr(self, f.name) is not None
+        }
+        return dataclasses.replace(preset, **given)
