@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.corpus.build import build_version  # noqa: E402
-from pipeline.corpus.config import CorpusBuildConfig, LabelSourcesConfig  # noqa: E402
 from pipeline.disfa import DisfaConfig  # noqa: E402
 from pipeline.synth.celeb_world import generate_celeb  # noqa: E402
 from pipeline.synth.disfa_world import generate_disfa  # noqa: E402
@@ -95,6 +94,15 @@ def main() -> None:
     parser.add_argument("--pretrain-lr", type=float, default=0.001)
     parser.add_argument("--finetune-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-noise", type=float, default=1.0, help="celeb world labeler noise (1.0 ~ OpenFace)"
+    )
+    parser.add_argument(
+        "--batch-norm", action="store_true", help="BatchNorm after each conv (both arms)"
+    )
+    parser.add_argument(
+        "--class-weighting", action="store_true", help="BCE pos_weight in fine-tuning (both arms)"
+    )
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
     args = parser.parse_args()
@@ -114,29 +122,21 @@ def main() -> None:
         people=args.people,
         images_per_person=args.images_per_person,
         seed=args.seed + 1,
-        noise=1.0,
+        noise=args.label_noise,
         rates="celeb",
         use_ray=True,
     )
     timings["celeb_world"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    corpus = build_version(
-        CorpusBuildConfig(
-            corpus=str(work / "corpus"),
-            tsv=[celeb.tsv],
-            labels=LabelSourcesConfig(openface_images=celeb.openface_dir),
-            bios=celeb.bios_dir,
-        ),
-        append=False,
-    )
+    corpus = build_version(celeb.corpus_config(str(work / "corpus")), append=False)
     timings["corpus_build"] = time.perf_counter() - start
 
     start = time.perf_counter()
     pretrained = run_pretraining(
         PretrainConfig(
             corpus=str(work / "corpus"),
-            model=ModelConfig(width=args.width),
+            model=ModelConfig(width=args.width, batch_norm=args.batch_norm),
             augment=AugmentConfig(),
             workers=1,
             cpus_per_worker=1.0,
@@ -167,7 +167,8 @@ def main() -> None:
         pretrained=source,
         compare_init=True,
         val_subjects=1,
-        model=ModelConfig(width=args.width),
+        model=ModelConfig(width=args.width, batch_norm=args.batch_norm),
+        class_weighting=args.class_weighting,
         max_epochs=args.finetune_epochs,
         patience=10,
         batch_size=32,
@@ -189,7 +190,7 @@ def main() -> None:
             "celeb": {
                 "people": celeb.people,
                 "images": celeb.images,
-                "label_noise": 1.0,
+                "label_noise": args.label_noise,
                 "rates": "celeb",
                 "corpus_accepted": corpus.accepted,
                 "corpus_rejected": corpus.rejected,
@@ -216,6 +217,8 @@ def main() -> None:
             "patience": config.patience,
             "monitor": config.monitor,
             "threshold": config.threshold,
+            "class_weighting": config.class_weighting,
+            "batch_norm": args.batch_norm,
             "same_for_both_arms": "folds, validation subjects, seeds, architecture, epochs, "
             "batch size, learning rate, augmentation, pixel mean per fold",
         },

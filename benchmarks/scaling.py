@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.corpus.build import build_version  # noqa: E402
-from pipeline.corpus.config import CorpusBuildConfig, LabelSourcesConfig  # noqa: E402
 from pipeline.disfa import DisfaConfig  # noqa: E402
 from pipeline.synth.celeb_world import generate_celeb  # noqa: E402
 from pipeline.synth.disfa_world import generate_disfa  # noqa: E402
@@ -120,15 +119,7 @@ def main() -> None:
         rates="balanced",
         use_ray=True,
     )
-    corpus = build_version(
-        CorpusBuildConfig(
-            corpus=str(work / "corpus"),
-            tsv=[celeb.tsv],
-            labels=LabelSourcesConfig(openface_images=celeb.openface_dir),
-            bios=celeb.bios_dir,
-        ),
-        append=False,
-    )
+    corpus = build_version(celeb.corpus_config(str(work / "corpus")), append=False)
     timings["celeb_world_and_corpus"] = time.perf_counter() - start
     start = time.perf_counter()
     disfa = generate_disfa(

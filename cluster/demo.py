@@ -237,7 +237,6 @@ def run_demo(
 ) -> DemoResult:
     """Run every stage of the demo (module docstring) and return where the results are."""
     from pipeline.corpus.build import build_version
-    from pipeline.corpus.config import CorpusBuildConfig, LabelSourcesConfig
     from pipeline.disfa import DisfaConfig
     from pipeline.synth.celeb_world import generate_celeb
     from pipeline.synth.disfa_world import generate_disfa
@@ -309,14 +308,7 @@ def run_demo(
 
     with progress.stage("corpus_build", "corpus build (faces, noisy labels, biographies)") as note:
         entry = build_version(
-            CorpusBuildConfig(
-                corpus=paths.corpus,
-                tsv=[celeb.tsv],
-                labels=LabelSourcesConfig(openface_images=celeb.openface_dir),
-                bios=celeb.bios_dir,
-                note=f"facs demo {stamp}",
-            ),
-            append=False,
+            celeb.corpus_config(paths.corpus, note=f"facs demo {stamp}"), append=False
         )
         note["result"] = (
             f"{entry.rows_read} rows = {entry.accepted} accepted + {entry.rejected} rejected"

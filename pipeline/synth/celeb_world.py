@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.bios import write_biography_json
+from pipeline.corpus.config import CorpusBuildConfig, LabelSourcesConfig
 from pipeline.names import image_key, msceleb_image_name
 from pipeline.storage import Location
 from pipeline.synth.au_sampling import (
@@ -63,6 +64,16 @@ class CelebWorldSummary:
     bios_dir: str
     truth_csv: str
     shards: int
+
+    def corpus_config(self, corpus: str, **options) -> CorpusBuildConfig:
+        """The `facs corpus build` of this world: its TSV, its OpenFace CSVs, its biographies."""
+        return CorpusBuildConfig(
+            corpus=corpus,
+            tsv=[self.tsv],
+            labels=LabelSourcesConfig(openface_images=self.openface_dir),
+            bios=self.bios_dir,
+            **options,
+        )
 
 
 def face_rectangle(box: tuple[int, int, int, int], width: int, height: int) -> str:
