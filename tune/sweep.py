@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.disfa import make_folds, prepare_disfa
 from pipeline.storage import Location, is_s3
-from training.finetune import arm_inits, ensure_ray, run_cross_validation
+from training.finetune import arm_inits, ensure_ray, fold_data, run_cross_validation
 from training.finetune_config import FinetuneConfig
 from training.tracking import (
     RunHandle,
@@ -53,7 +53,7 @@ from training.tracking import (
 )
 from tune.sweep_callbacks import InterruptAfter, MlflowTrialRuns
 from tune.sweep_config import SweepConfig, apply_params
-from tune.sweep_trial import OBJECTIVE, SweepContext, run_trial
+from tune.sweep_trial import OBJECTIVE, TRIAL_SPLITS, SweepContext, run_trial
 
 STATE_FILE = "sweep.json"
 BEST_CONFIG_FILE = "best_finetune.yaml"
@@ -239,6 +239,12 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         train_storage=sweep.join("train").uri,
         cpus_per_trial=config.cpus_per_trial,
         gpus_per_trial=config.gpus_per_trial,
+        fold_data={
+            fold.index: fold_data(
+                dataclasses.replace(base, class_weighting=False), frames, fold, splits=TRIAL_SPLITS
+            )
+            for fold in folds
+        },
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), {"cpu": TRIAL_DRIVER_CPU}

@@ -35,10 +35,11 @@ from training.data import BatchOptions
 from training.finetune import (
     LABEL_COLUMNS,
     EvalOutput,
+    FoldData,
     _subject,
+    class_weights,
     evaluate_batches,
     fold_batches,
-    fold_data,
     scaling_config,
     set_fc_dropout,
     train_epoch,
@@ -316,6 +317,10 @@ class SweepContext:
     train_storage: str  # where each trial's Ray Train run keeps its state
     cpus_per_trial: float
     gpus_per_trial: float
+    #: Each fold's train/val datasets and pixel mean, made once by the sweep's driver: a trial
+    #: holds almost no CPU, so building them inside it (Ray Data launches 1-CPU tasks) can wait
+    #: forever behind the trainers' reservations.
+    fold_data: dict[int, FoldData] = field(default_factory=dict)
 
 
 def trial_config(context: SweepContext, params: dict[str, Any]) -> FinetuneConfig:
@@ -338,10 +343,15 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     datasets: dict[str, ray.data.Dataset] = {}
     folds = []
     for fold in context.folds:
-        data = fold_data(config, frames, fold, splits=TRIAL_SPLITS)
+        data = context.fold_data[fold.index]
         for split in TRIAL_SPLITS:
             datasets[f"{split}_fold{fold.index}"] = data.datasets[split]
-        folds.append(TrialFold(fold, data.pixel_mean, data.pos_weight))
+        weights = (
+            class_weights(frames, fold.train_subjects, config.max_pos_weight)
+            if config.class_weighting
+            else None
+        )
+        folds.append(TrialFold(fold, data.pixel_mean, weights))
     setup = TrialSetup(config, folds, context.init, context.scratch_model, context.subjects)
     trial_id = tune.get_context().get_trial_id()
     root = Location.of(context.train_storage)
