@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 from corpus_fixture import make_corpus
 from mlflow.tracking import MlflowClient
+from mlflow_helpers import mlflow_server
 
 from pipeline.corpus.manifest import load_manifest
 from training.augment import AugmentConfig
@@ -81,12 +76,6 @@ def test_metrics_skip_nan_and_params_batch_past_mlflow_limits(tmp_path):
     assert data.metrics == {"val_loss": 0.5}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get_json(url: str, **query) -> dict:
     full = url + ("?" + urllib.parse.urlencode(query) if query else "")
     with urllib.request.urlopen(full, timeout=30) as response:
@@ -102,65 +91,18 @@ def post_json(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on 127.0.0.1 with a SQLite backend and proxied artifacts; yields its URL."""
+def server(tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and proxied artifacts."""
     folder = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the server and its uvicorn worker
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    f"mlflow server did not come up on {url}:\n"
-                    + (folder / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+    with mlflow_server(folder, str(folder / "artifacts")) as url:
         yield url, folder / "artifacts"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.slow
 def test_pretraining_against_an_mlflow_server_is_visible_through_its_rest_api(
-    ray_local, mlflow_server, tmp_path
+    ray_local, server, tmp_path
 ):
-    url, artifacts = mlflow_server
+    url, artifacts = server
     corpus = make_corpus(tmp_path / "corpus", images=160, identities=20)
     config = PretrainConfig(
         corpus=corpus.uri,
