@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import urllib.parse
 import urllib.request
 
@@ -24,8 +25,34 @@ from training.tracking import (
     git_commit,
     log_metrics,
     log_params,
+    process_uris,
     resolve_tracking_uri,
 )
+
+
+def test_threads_pointing_mlflow_at_different_stores_each_keep_their_own(tmp_path):
+    """Concurrent folds / scaling points log models through MLflow's process-wide URIs."""
+    import threading
+    import time
+
+    import mlflow
+
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def log(name: str) -> None:
+        with process_uris(f"sqlite:///{tmp_path / name}.db"):
+            for _ in range(20):
+                seen[name].append(mlflow.get_tracking_uri())
+                time.sleep(0.002)
+
+    threads = [threading.Thread(target=log, args=(name,)) for name in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, uris in seen.items():
+        assert set(uris) == {f"sqlite:///{tmp_path / name}.db"}
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_default_store_is_an_absolute_sqlite_database_with_artifacts_beside_it(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,6 +190,9 @@ def reopen_run(run: RunHandle) -> None:
     run.client().update_run(run.run_id, status="RUNNING")
 
 
+_PROCESS_URIS_LOCK = threading.RLock()
+
+
 @contextmanager
 def process_uris(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking and registry URIs at ``uri``, then restore them exactly.
@@ -201,20 +205,23 @@ def process_uris(uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {name: os.environ.get(name) for name in names}
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    # Process-wide state: threads that log models at once (concurrent folds or scaling points)
+    # take turns, or one would restore the URIs while another is still logging.
+    with _PROCESS_URIS_LOCK:
+        saved_env = {name: os.environ.get(name) for name in names}
+        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            registry_utils._registry_uri = saved[1]
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @contextmanager
