@@ -991,6 +991,19 @@ def arm_inits(
     return inits, pretrained.config() if pretrained is not None else config.model
 
 
+def prepared_folds(config: FinetuneConfig) -> tuple[DisfaFrames, list[Fold]]:
+    """The cached DISFA frames and the folds to run (``only_folds`` applied)."""
+    frames = prepare_disfa(config.disfa)
+    folds = make_folds(
+        frames.subjects(),
+        scheme=config.fold_scheme,
+        seed=config.fold_seed,
+        val_subjects_per_fold=config.val_subjects,
+        folds=config.folds,
+    )
+    return frames, [f for f in folds if not config.only_folds or f.index in config.only_folds]
+
+
 def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None) -> CVResult:
     """Fine-tune and evaluate every fold of every arm; write the report; register the model.
 
@@ -1007,15 +1020,7 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
         )
     ensure_ray()
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
-    frames = prepare_disfa(config.disfa)
-    folds = make_folds(
-        frames.subjects(),
-        scheme=config.fold_scheme,
-        seed=config.fold_seed,
-        val_subjects_per_fold=config.val_subjects,
-        folds=config.folds,
-    )
-    folds = [f for f in folds if not config.only_folds or f.index in config.only_folds]
+    frames, folds = prepared_folds(config)
     inits, scratch_model = arm_inits(config, tracking_uri)
     subjects = tuple(sorted(frames.manifest.accepted_per_subject))
 

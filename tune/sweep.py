@@ -36,9 +36,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from pipeline.disfa import make_folds, prepare_disfa
 from pipeline.storage import Location, is_s3
-from training.finetune import arm_inits, ensure_ray, fold_data, run_cross_validation
+from training.finetune import (
+    arm_inits,
+    ensure_ray,
+    fold_data,
+    prepared_folds,
+    run_cross_validation,
+)
 from training.finetune_config import FinetuneConfig
 from training.tracking import (
     RunHandle,
@@ -218,15 +223,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     root = Location.of(config.storage_path)
     sweep = root.join(name)
 
-    frames = prepare_disfa(base.disfa)
-    folds = make_folds(
-        frames.subjects(),
-        scheme=base.fold_scheme,
-        seed=base.fold_seed,
-        val_subjects_per_fold=base.val_subjects,
-        folds=base.folds,
-    )
-    folds = [f for f in folds if not base.only_folds or f.index in base.only_folds]
+    frames, folds = prepared_folds(base)
     inits, scratch_model = arm_inits(base, tracking_uri)
     context = SweepContext(
         base=base,
