@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.corpus.build import build_version  # noqa: E402
 from pipeline.disfa import DisfaConfig  # noqa: E402
+from pipeline.ray_runtime import ensure_ray  # noqa: E402
 from pipeline.synth.celeb_world import generate_celeb  # noqa: E402
 from pipeline.synth.disfa_world import generate_disfa  # noqa: E402
 from pipeline.vocabulary import PAPER_COMPARISON_AUS  # noqa: E402
@@ -108,8 +109,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ensure_ray(num_cpus=os.cpu_count(), progress_bars=False)
     work_dir = tempfile.TemporaryDirectory(prefix="facs-finetune-bench-")
     work = Path(args.work or work_dir.name)
     mlflow_uri = f"sqlite:///{work / 'mlflow.db'}"

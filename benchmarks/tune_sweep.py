@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.disfa import DisfaConfig  # noqa: E402
+from pipeline.ray_runtime import ensure_ray  # noqa: E402
 from pipeline.synth.disfa_world import generate_disfa  # noqa: E402
 from training.finetune_config import FinetuneConfig  # noqa: E402
 from training.model import ModelConfig  # noqa: E402
@@ -48,8 +47,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/tune_sweep.json"))
     args = parser.parse_args()
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ensure_ray(num_cpus=os.cpu_count(), progress_bars=False)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="facs-tune-bench-") as tmp:
         world = generate_disfa(f"{tmp}/disfa", subjects=args.subjects, frames=args.frames, seed=3)

@@ -9,13 +9,13 @@ import sys
 from collections.abc import Callable
 
 from cluster.options import ConfigError, add_config_arguments, load_config, overrides_from_args
-from cluster.runtime import ensure_ray
 from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.corpus.manifest import CorpusError
 from pipeline.corpus.subset import SubsetConfig
+from pipeline.ray_runtime import ensure_ray
 from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
 from training.finetune_config import FinetuneConfig
-from training.predict import PredictConfig
+from training.predict_config import PredictConfig
 from training.pretrain_config import PretrainConfig
 
 Command = Callable[[argparse.Namespace], int]
@@ -44,7 +44,7 @@ def _corpus_build(args: argparse.Namespace, append: bool) -> int:
     from pipeline.corpus.build import build_version
 
     config = _load(args)
-    ensure_ray(args.ray_address)
+    ensure_ray(args.ray_address, progress_bars=True)
     labeler = None
     if config.label_model:
         from training.model_labeler import ModelLabeler
@@ -86,7 +86,7 @@ def _synth(args: argparse.Namespace, world: str) -> int:
 
     config = _load(args)
     if config.use_ray:
-        ensure_ray(args.ray_address)
+        ensure_ray(args.ray_address, progress_bars=True)
     summary = (generate_celeb_from_config if world == "celeb" else generate_disfa_from_config)(
         config
     )
@@ -98,7 +98,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from training.pretrain import run_pretraining
 
     config = _load(args)
-    ensure_ray(args.ray_address)
+    ensure_ray(args.ray_address, progress_bars=True)
     result = run_pretraining(config)
     print(result)
     return 0
@@ -108,7 +108,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from training.finetune import run_cross_validation
 
     config = _load(args)
-    ensure_ray(args.ray_address)
+    ensure_ray(args.ray_address, progress_bars=True)
     result = run_cross_validation(config)
     print(result.table3)
     for arm in result.arms.values():
@@ -129,7 +129,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.input_paths:
         args.cfg__inputs = [*getattr(args, "cfg__inputs", []), *args.input_paths]
     config = _load(args)
-    ensure_ray(args.ray_address)
+    ensure_ray(args.ray_address, progress_bars=True)
     summary = run_predict(config)
     rejects = ", ".join(f"{k}: {v}" for k, v in summary.rejects.items()) or "none"
     print(

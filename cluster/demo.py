@@ -178,9 +178,9 @@ def connect_ray(address: str | None, verbose: bool = False) -> dict[str, float]:
     """Join ``address`` / ``RAY_ADDRESS`` or start a local Ray; returns the cluster's resources."""
     import ray
 
-    from cluster.runtime import ensure_ray
+    from pipeline.ray_runtime import ensure_ray
 
-    ensure_ray(address)
+    ensure_ray(address, progress_bars=True)
     # One line per stage is the demo's output; per-operator bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     return dict(ray.cluster_resources())
@@ -240,10 +240,10 @@ def run_demo(
     from pipeline.disfa import DisfaConfig
     from pipeline.synth.celeb_world import generate_celeb
     from pipeline.synth.disfa_world import generate_disfa
-    from training.augment import AugmentConfig
+    from training.augment_config import AugmentConfig
     from training.finetune import run_cross_validation
     from training.finetune_config import FinetuneConfig
-    from training.model import ModelConfig
+    from training.model_config import ModelConfig
     from training.pretrain import run_pretraining
     from training.pretrain_config import PretrainConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cluster.options import from_dict, merge_dicts, overrides_from_args, read_yaml_mapping
-from cluster.runtime import ensure_ray
+from pipeline.ray_runtime import ensure_ray
 from tune.scaling_config import ScalingConfig
 
 HELP = (
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from tune.scaling import run_scaling
 
     config = config_from_args(args)
-    ensure_ray(args.ray_address)
+    ensure_ray(args.ray_address, progress_bars=True)
     result = run_scaling(config)
     for axis in ("images", "identities"):
         for point in result.axis(axis):

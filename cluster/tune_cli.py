@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cluster.options import load_config, overrides_from_args
-from cluster.runtime import ensure_ray
+from pipeline.ray_runtime import ensure_ray
 from tune.sweep_config import SweepConfig
 
 HELP = (
@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     from tune.sweep import run_sweep
 
     config = load_config(args.config_class, args.config, overrides_from_args(args))
-    ensure_ray(args.ray_address)
+    ensure_ray(args.ray_address, progress_bars=True)
     result = run_sweep(config)
     return 3 if result.interrupted else 0
 

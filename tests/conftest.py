@@ -30,9 +30,9 @@ def ray_local():
     """One local Ray instance (2 CPUs) for the whole test session."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    from pipeline.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=2, log_to_driver=False, progress_bars=False)
     yield ray
     ray.shutdown()
 

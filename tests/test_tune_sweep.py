@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -121,6 +123,7 @@ def sweep(ray_local, world, tmp_path_factory):
     """A sweep interrupted after its first trial finished, then resumed to the end."""
     disfa, pretrained = world
     folder = tmp_path_factory.mktemp("tune")
+    groups_before = set(ray.util.placement_group_table())
     config = tiny_sweep(disfa, pretrained, folder, interrupt_after_trials=1)
     first = run_sweep(config)
     client = MlflowClient(first.tracking_uri)
@@ -134,7 +137,23 @@ def sweep(ray_local, world, tmp_path_factory):
         "results": trial_results(Path(first.path)),
     }
     second = run_sweep(dataclasses.replace(config, resume=True))
+    between["groups_before"] = groups_before
     return first, between, second, config, prepare_disfa(disfa)
+
+
+def held_placement_groups(ignore: set[str], wait_s: float = 60.0) -> dict[str, dict]:
+    """Placement groups made since ``ignore`` was taken that are still reserved after a wait
+    (Ray Train frees a killed run's group from a watcher that polls once a second)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = {
+            pg_id: info
+            for pg_id, info in ray.util.placement_group_table().items()
+            if pg_id not in ignore and info["state"] != "REMOVED"
+        }
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(1.0)
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep):
@@ -152,6 +171,14 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep):
         # Its Tune results were not appended to by the resumed sweep.
         assert trial_results(Path(second.path))[trial_id] == between["results"][trial_id]
     assert {r.data.tags["facs.trial_id"] for r in runs} == {t.trial_id for t in second.trials}
+
+
+def test_trials_stopped_by_the_sweep_free_their_ray_train_resources(sweep):
+    """The interruption kills a running trial and ASHA stops trials at its rungs: Ray Train must
+    free each killed run's placement group, or the next trial waits for it forever."""
+    first, between, second, _, _ = sweep
+    assert first.interrupted and not second.interrupted
+    assert held_placement_groups(between["groups_before"]) == {}
 
 
 def test_sweep_logs_a_parent_run_with_a_nested_run_per_trial(sweep):

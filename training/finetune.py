@@ -47,6 +47,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from pipeline.disfa import DisfaFrames, Fold, make_folds, prepare_disfa
+from pipeline.ray_runtime import ensure_ray
 from pipeline.storage import Location, is_s3
 from pipeline.vocabulary import DISFA_AUS, PAPER_COMPARISON_AUS
 from training.augment import FaceAugment, to_model_input
@@ -661,11 +662,6 @@ class FoldData:
     datasets: dict[str, ray.data.Dataset]
     pixel_mean: float
     pos_weight: list[float] | None
-
-
-def ensure_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
 
 
 def class_weights(frames: DisfaFrames, subjects: Sequence[str], cap: float) -> list[float]:

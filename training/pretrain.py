@@ -24,6 +24,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipeline.corpus.manifest import CorpusError, load_manifest
+from pipeline.ray_runtime import ensure_ray
 from pipeline.storage import Location, is_s3
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
 from training.data import corpus_splits, pixel_mean
@@ -154,11 +155,6 @@ def check_same_corpus(record: dict[str, Any], facts: CorpusFacts, where: str) ->
             f"{where}: --resume with another corpus than the run was started with "
             f"(field: (then, now)): {different}"
         )
-
-
-def ensure_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
 
 
 def run_params(config: PretrainConfig, facts: CorpusFacts, mean: float) -> dict[str, Any]:

@@ -34,11 +34,12 @@ from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, sa
 from pipeline.corpus.read import METADATA_COLUMNS, read_metadata_table
 from pipeline.corpus.subset import BALANCED_GENDERS, SubsetConfig, choose_rows
 from pipeline.disfa import prepare_disfa
+from pipeline.ray_runtime import ensure_ray
 from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.finetune import CVResult, run_cross_validation
 from training.finetune_config import FinetuneConfig
-from training.pretrain import PretrainResult, ensure_ray, run_pretraining
+from training.pretrain import PretrainResult, run_pretraining
 from training.pretrain_config import PretrainConfig
 from training.tracking import (
     RunHandle,

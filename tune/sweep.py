@@ -36,10 +36,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from pipeline.ray_runtime import ensure_ray, require_state_api
 from pipeline.storage import Location, is_s3
 from training.finetune import (
     arm_inits,
-    ensure_ray,
     fold_data,
     prepared_folds,
     run_cross_validation,
@@ -218,6 +218,9 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         )
     default = config.default_point() if config.include_defaults else None
     ensure_ray()
+    # A trial that ASHA stops is killed with its Ray Train controller; Ray Train then frees the
+    # run's placement group only if it can see the controller is gone, through the State API.
+    require_state_api("facs tune (trials stopped early by ASHA)")
     tracking_uri = resolve_tracking_uri(config.mlflow_uri or base.mlflow_uri)
     name = config.name or "tune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Location.of(config.storage_path)

@@ -49,6 +49,7 @@ from pipeline.disfa.layout import (
     find_videos,
     label_stamps,
 )
+from pipeline.ray_runtime import ensure_ray
 from pipeline.rejects import RejectReason
 from pipeline.status_write import status_folder, write_by_status
 from pipeline.storage import Location, is_s3
@@ -162,8 +163,7 @@ def _written(
 
 
 def _ingest(config: DisfaConfig, inputs: _Inputs, key: str, location: Location) -> CacheManifest:
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     started = time.perf_counter()
     workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     if config.layout == "videos":

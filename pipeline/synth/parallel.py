@@ -7,13 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def _ensure_ray(workers: int) -> None:
-    import ray  # imported here: generating in one process must not pay for importing Ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-
-
 def run_tasks(
     function: Callable[..., Any],
     tasks: Sequence[tuple],
@@ -29,8 +22,10 @@ def run_tasks(
     """
     if not use_ray:
         return [function(*task) for task in tasks]
-    import ray
+    import ray  # imported here: generating in one process must not pay for importing Ray
 
-    _ensure_ray(workers)
+    from pipeline.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=workers or os.cpu_count(), log_to_driver=False)
     remote = ray.remote(num_cpus=1)(function)
     return ray.get([remote.remote(*task) for task in tasks])
