@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.disfa import DisfaConfig
-from training.augment import AugmentConfig
-from training.model import ModelConfig
+from training.augment_config import AugmentConfig
+from training.model_config import ModelConfig
 
 #: The name the fine-tuned DISFA model is registered under in the MLflow model registry.
 REGISTERED_MODEL_NAME = "facs-vgg13-disfa"

@@ -17,7 +17,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -38,6 +37,7 @@ from pipeline.vocabulary import FACE_SIZE
 from training.augment import to_model_input
 from training.data import faces_from_arrow
 from training.init_weights import InitError, InitWeights, resolve_init, trained_model
+from training.predict_config import PredictConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,67 +69,6 @@ FACE_ROW_SCHEMA = pa.schema(
     ]
 )
 SORT_KEYS = [("source", "ascending"), ("frame", "ascending"), ("face_id", "ascending")]
-
-
-@dataclass
-class PredictConfig:
-    """What `facs predict` reads, which model scores it, and where the rows go."""
-
-    inputs: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "images, folders (searched recursively), videos, or corpus roots; local "
-            "paths or s3:// URIs"
-        },
-    )
-    model: str = field(
-        default="",
-        metadata={"help": "models:/facs-vgg13-disfa/1, runs:/<id>/model or a checkpoint folder"},
-    )
-    out: str = field(
-        default="predictions.csv", metadata={"help": "output file: .csv or .parquet (or s3://)"}
-    )
-    face: FaceConfig = field(default_factory=FaceConfig)
-    image_faces: Literal["all", "largest"] = field(
-        default="all",
-        metadata={
-            "help": "rows per image: every face found, or the largest only (videos: largest)"
-        },
-    )
-    threshold: float = field(default=0.5, metadata={"help": "probability at which AUxx_c is 1"})
-    batch_size: int = field(default=256, metadata={"help": "faces per model batch"})
-    workers: int = field(default=1, metadata={"help": "model actors (the actor pool's size)"})
-    gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs per model actor (0 = CPU)"})
-    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs per model actor"})
-    frames_per_task: int = field(
-        default=300, metadata={"help": "video frames decoded and searched by one Ray task"}
-    )
-    seek: Literal["seek", "grab"] = field(
-        default="seek",
-        metadata={
-            "help": "how a task reaches its first frame: seek (checked, falls back to grab) or "
-            "grab (decode from frame 0: exact for any codec)"
-        },
-    )
-    corpus_version: int | None = field(
-        default=None, metadata={"help": "version of corpus inputs; none = the latest"}
-    )
-    mlflow_uri: str | None = field(
-        default=None, metadata={"help": "MLflow tracking URI for models:/ and runs:/ sources"}
-    )
-
-    def __post_init__(self) -> None:
-        checks = [
-            (0 < self.threshold < 1, f"threshold in (0, 1), got {self.threshold}"),
-            (self.batch_size >= 1, f"batch_size >= 1, got {self.batch_size}"),
-            (self.workers >= 1, f"workers >= 1, got {self.workers}"),
-            (self.gpus_per_worker >= 0, f"gpus_per_worker >= 0, got {self.gpus_per_worker}"),
-            (self.cpus_per_worker >= 0, f"cpus_per_worker >= 0, got {self.cpus_per_worker}"),
-            (self.frames_per_task >= 1, f"frames_per_task >= 1, got {self.frames_per_task}"),
-        ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"PredictConfig: expected {expected}")
 
 
 @dataclass

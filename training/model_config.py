@@ -1,0 +1,52 @@
+"""The network's shape as configuration: no torch here, so configs and the CLI load fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
+
+#: Conv channels per block at width 1.0 (Table I): 64-64 / 128-128 / 256-256-256 / 256-256-256.
+CONV_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (256, 256, 256))
+#: Units of each of the two hidden fully connected layers at width 1.0.
+FC_UNITS: int = 1024
+#: Each block ends in a 2x2 max-pool, so the input side must be a multiple of this.
+DOWNSAMPLING: int = 2 ** len(CONV_BLOCKS)
+
+
+@dataclass
+class ModelConfig:
+    """Everything that decides the network's shape; the training config embeds one."""
+
+    width: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multiplier on every conv and FC width (1.0 = the paper; <1 for CPU tests)."
+        },
+    )
+    in_channels: int = field(
+        default=1,
+        metadata={
+            "help": "Input channels: 1 for the grayscale corpus (the paper's Table I says 3)."
+        },
+    )
+    num_outputs: int = field(
+        default=len(OPENFACE_AUS),
+        metadata={
+            "help": "Logits in the head: 17 OpenFace AUs to pre-train, 12 DISFA AUs to fine-tune."
+        },
+    )
+    input_size: int = field(
+        default=FACE_SIZE,
+        metadata={"help": f"Side of the square input in pixels; a multiple of {DOWNSAMPLING}."},
+    )
+    dropout_conv: float = field(
+        default=0.25, metadata={"help": "Dropout after each conv block's max-pool."}
+    )
+    dropout_fc: float = field(
+        default=0.5, metadata={"help": "Dropout after each hidden fully connected layer."}
+    )
+    batch_norm: bool = field(
+        default=False,
+        metadata={"help": "BatchNorm after each conv (not in the paper; off by default)."},
+    )
