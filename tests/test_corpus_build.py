@@ -7,6 +7,8 @@ import csv
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,6 +18,7 @@ from pipeline.corpus.manifest import CorpusError, load_manifest
 from pipeline.corpus.read import read_corpus, read_metadata_table
 from pipeline.corpus.stats import corpus_stats
 from pipeline.rejects import RejectReason
+from pipeline.sources.image_folder import read_file_records
 from pipeline.sources.msceleb_tsv import encode_face_rectangle
 from pipeline.storage import Location
 from pipeline.vocabulary import OPENFACE_AUS
@@ -214,3 +217,23 @@ def test_build_on_s3(tmp_path, shared_data, s3_bucket, ray_local):
     assert any(k.startswith("corpus/versions/v0001/status=accepted/") for k in keys)
     assert read_corpus(corpus, labelled_only=False).count() == 1
     assert corpus_stats(corpus)["images"] == 1
+
+
+def test_a_file_gone_between_listing_and_reading_is_a_counted_read_error(tmp_path):
+    person = tmp_path / "person01"
+    person.mkdir()
+    (person / "here.jpg").write_bytes(b"\xff\xd8 some bytes")
+    blocks = list(
+        read_file_records(
+            pafs.LocalFileSystem(),
+            [str(person / "here.jpg"), str(person / "gone.jpg")],
+            str(tmp_path),
+            None,
+            "",
+        )
+    )
+    rows = pa.concat_tables(blocks).to_pydict()
+    assert rows["image_name"] == ["here.jpg", "gone.jpg"]
+    assert rows["identity"] == ["person01", "person01"]
+    assert rows["data"] == [b"\xff\xd8 some bytes", b""]
+    assert rows["reject_reason"] == [None, RejectReason.READ_ERROR.value]

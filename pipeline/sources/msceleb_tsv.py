@@ -146,6 +146,9 @@ class MsCelebTsvDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return sum(size for _, size in self.files)
 
+    def task_count(self) -> int:
+        return sum(len(range(0, max(size, 1), self.range_bytes)) for _, size in self.files)
+
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit=None, data_context=None
     ) -> list[ReadTask]:
@@ -171,8 +174,11 @@ def read_msceleb_tsv(
     """MS-Celeb TSV file(s) as input records (identity = MID, name = <MID>_<rank>-FaceId-<id>.jpg)."""
     if isinstance(uris, str):
         uris = [uris]
+    source = MsCelebTsvDatasource(uris, range_bytes)
     return ray.data.read_datasource(
-        MsCelebTsvDatasource(uris, range_bytes),
+        source,
         num_cpus=IO_TASK_CPUS,
-        concurrency=io_concurrency(),
+        concurrency=max(1, min(io_concurrency(), source.task_count())),
+        # One block stream per byte range, as read: Ray Data need not re-split them.
+        override_num_blocks=max(1, source.task_count()),
     )
