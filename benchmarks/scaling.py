@@ -2,7 +2,8 @@
 
 The paper's scaling experiments in miniature, through the product's own stages, on CPU:
 
-1. a synthetic MS-Celeb world (noisy OpenFace-like labels, ``noise=1.0``) -> ``facs corpus build``;
+1. a synthetic MS-Celeb world (noisy labels; ``--label-noise 1.0`` is OpenFace-like, the default
+   0.5 is what a thin net learns from in a few CPU epochs) -> ``facs corpus build``;
 2. a synthetic DISFA world (videos + intensity files in DISFA's layout);
 3. ``run_scaling``: gender-balanced subsets by images and by people (+ the whole corpus), each
    pre-trained and fine-tuned (3 subject-independent folds) with one shared protocol.
@@ -11,7 +12,8 @@ Writes ``benchmarks/results/scaling.json`` (every point's images, people, F1 ove
 PR-AUC, ROC-AUC, per-AU F1, MLflow run ids; Tables IV and V; whether F1 rose) and the two figures
 ``scaling_images.png`` and ``scaling_people.png``, whichever way the figures go.
 
-    python benchmarks/scaling.py --folds 1             # ~20 min on 2 shared cores (all folds: ~40)
+    python benchmarks/scaling.py                       # ~45 min on 2 quiet cores
+    python benchmarks/scaling.py --folds 1             # one fold: about a third of that
     python benchmarks/scaling.py --people 40 --images 60,all --identities 8,all \\
         --pretrain-epochs 1 --finetune-epochs 1 --no-write        # a smoke run
 """
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.corpus.build import build_version  # noqa: E402
 from pipeline.disfa import DisfaConfig  # noqa: E402
+from pipeline.ray_runtime import ensure_ray  # noqa: E402
 from pipeline.synth.celeb_world import generate_celeb  # noqa: E402
 from pipeline.synth.disfa_world import generate_disfa  # noqa: E402
 from training.augment import AugmentConfig  # noqa: E402
@@ -82,17 +85,24 @@ def trend(result, axis: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--people", type=int, default=120)
+    parser.add_argument("--people", type=int, default=300)
     parser.add_argument("--images-per-person", type=int, default=10)
-    parser.add_argument("--subjects", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--images", default="150,400,all")
-    parser.add_argument("--identities", default="12,all")
-    parser.add_argument("--width", type=float, default=0.125)
-    parser.add_argument("--pretrain-epochs", type=int, default=5)
+    parser.add_argument("--label-noise", type=float, default=0.5, help="1.0 ~ OpenFace 2.0")
+    parser.add_argument("--rates", default="celeb", choices=["celeb", "balanced"])
+    parser.add_argument("--subjects", type=int, default=27)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--images", default="300,1000,all")
+    parser.add_argument("--identities", default="12,60,all")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument(
+        "--no-batch-norm", action="store_true", help="the paper's net (no BatchNorm after convs)"
+    )
+    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--pretrain-lr", type=float, default=0.001)
     parser.add_argument("--pretrain-steps", type=int, default=None, help="cap per epoch")
-    parser.add_argument("--finetune-epochs", type=int, default=6)
-    parser.add_argument("--concurrent", type=int, default=1)
+    parser.add_argument("--finetune-epochs", type=int, default=20)
+    parser.add_argument("--finetune-patience", type=int, default=10)
+    parser.add_argument("--concurrent", type=int, default=2, help="points run at once")
     parser.add_argument(
         "--folds", default="", help="only these folds (e.g. 1); default: all 3 (slower)"
     )
@@ -101,9 +111,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write the results files")
     args = parser.parse_args()
 
+    # Concurrent points' trainers must leave a CPU free for the Ray Data tasks that feed them.
+    cpus_per_worker = min(1.0, max(0.25, ((os.cpu_count() or 2) - 1) / args.concurrent))
     load_before = os.getloadavg()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ensure_ray(num_cpus=os.cpu_count(), progress_bars=False)
     work_dir = tempfile.TemporaryDirectory(prefix="facs-scaling-bench-")
     work = Path(args.work or work_dir.name)
     timings: dict[str, float] = {}
@@ -115,8 +126,8 @@ def main() -> None:
         people=args.people,
         images_per_person=args.images_per_person,
         seed=args.seed + 1,
-        noise=1.0,
-        rates="balanced",
+        noise=args.label_noise,
+        rates=args.rates,
         use_ray=True,
     )
     corpus = build_version(celeb.corpus_config(str(work / "corpus")), append=False)
@@ -134,12 +145,12 @@ def main() -> None:
         identities=args.identities.split(","),
         subset_seed=args.seed,
         pretrain=PretrainConfig(
-            model=ModelConfig(width=args.width),
+            model=ModelConfig(width=args.width, batch_norm=not args.no_batch_norm),
             augment=AugmentConfig(),
             workers=1,
-            cpus_per_worker=1.0,
+            cpus_per_worker=cpus_per_worker,
             batch_size=32,
-            lr=0.001,
+            lr=args.pretrain_lr,
             max_epochs=args.pretrain_epochs,
             patience=0,
             batches_per_epoch=args.pretrain_steps,
@@ -150,11 +161,12 @@ def main() -> None:
         finetune=FinetuneConfig(
             val_subjects=1,
             only_folds=[int(k) for k in args.folds.split(",") if k],
+            model=ModelConfig(width=args.width, batch_norm=not args.no_batch_norm),
             max_epochs=args.finetune_epochs,
-            patience=4,
+            patience=args.finetune_patience,
             batch_size=32,
             class_weighting=True,
-            cpus_per_worker=1.0,
+            cpus_per_worker=cpus_per_worker,
             shuffle_buffer=1024,
             plots=False,
             seed=args.seed,
@@ -177,14 +189,15 @@ def main() -> None:
             "celeb": {
                 "people": celeb.people,
                 "images": celeb.images,
-                "label_noise": 1.0,
-                "rates": "balanced",
+                "label_noise": args.label_noise,
+                "rates": args.rates,
                 "corpus_accepted": corpus.accepted,
                 "corpus_rejected": corpus.rejected,
             },
             "disfa": {"subjects": list(disfa.subjects), "frames_per_video": disfa.frames_per_video},
         },
         "protocol": {k: summary[k] for k in ("balance", "subset_seed", "pretrain", "finetune")},
+        "arguments": {**vars(args), "cpus_per_worker": cpus_per_worker},
         "trend": {"images": trend(result, "images"), "identities": trend(result, "identities")},
         "points": summary["points"],
         "table4_markdown": (report / "table4.md").read_text(),
