@@ -370,6 +370,9 @@ def up(config: LocalClusterConfig) -> ClusterState:
         # Ray swaps a 127.0.0.1 node address for the machine's routable IP unless it runs as a
         # single-machine cluster (its switch for laptops): keep every Ray port on loopback.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Workers' State API calls (Ray Train's placement-group clean-up) go to this cluster's
+        # dashboard, not to whichever local Ray they would find first.
+        "RAY_API_SERVER_ADDRESS": f"http://{HOST}:{config.dashboard_port}",
     }
     # The MLflow server's background job runner (GenAI jobs) is not used here: skip its workers.
     mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

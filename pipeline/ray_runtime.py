@@ -8,10 +8,42 @@ run's placement group stays reserved and the next trial can wait for it forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+from collections.abc import Iterator
 
 import ray
+
+LOCAL_HOST = "127.0.0.1"
+#: Ray's usual dashboard port; a local Ray takes another free one when it is in use.
+DASHBOARD_PORT = 8265
+
+
+def _dashboard_port() -> int:
+    for port in (DASHBOARD_PORT, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOCAL_HOST, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port for the Ray dashboard")
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class StateApiUnavailable(RuntimeError):
@@ -34,26 +66,47 @@ def ensure_ray(
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         else:
-            ray.init(
-                num_cpus=num_cpus,
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                logging_level=logging.WARNING,
-                log_to_driver=log_to_driver,
-            )
+            port = _dashboard_port()
+            # Ray's processes (and so every worker) inherit this, which pins their State API
+            # calls to this cluster's dashboard. Left unset, a call that names no cluster picks
+            # one by looking for local Ray processes, and fails when another local Ray is running
+            # (a second job, a test run) - Ray Train's placement-group clean-up among them. This
+            # process keeps its own environment.
+            with _environment(RAY_API_SERVER_ADDRESS=f"http://{LOCAL_HOST}:{port}"):
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=True,
+                    dashboard_host=LOCAL_HOST,
+                    dashboard_port=port,
+                    logging_level=logging.WARNING,
+                    log_to_driver=log_to_driver,
+                )
     if progress_bars is not None:
         ray.data.DataContext.get_current().enable_progress_bars = progress_bars
 
 
 def require_state_api(purpose: str) -> None:
-    """Raise :class:`StateApiUnavailable` naming ``purpose`` when Ray serves no State API."""
-    from ray.util.state import list_placement_groups
+    """Raise :class:`StateApiUnavailable` naming ``purpose`` unless this cluster's State API answers.
 
+    The answer must come from this cluster: a cluster started without a dashboard still records
+    the default dashboard address, where another local Ray's dashboard may be listening.
+    """
+    from ray.util.state import list_nodes
+
+    context = ray.get_runtime_context()
     try:
-        list_placement_groups(limit=1, timeout=15, raise_on_missing_output=False)
+        mine = list_nodes(
+            address=context.gcs_address,
+            filters=[("node_id", "=", context.get_node_id())],
+            timeout=15,
+            raise_on_missing_output=False,
+        )
+        problem = None if mine else "its dashboard address is answered by another Ray cluster"
     except Exception as error:  # the State API client raises several types for "no dashboard"
+        problem = str(error)
+    if problem:
         raise StateApiUnavailable(
-            f"{purpose} needs Ray's State API, which this Ray cluster does not serve ({error}). "
+            f"{purpose} needs Ray's State API, which this Ray cluster does not serve ({problem}). "
             "Start Ray with its dashboard (the default of `ray start --head` and of facs' own "
             "local Ray; not `--include-dashboard=false`)."
-        ) from error
+        )
