@@ -17,19 +17,14 @@ from collections.abc import Iterator
 import ray
 
 LOCAL_HOST = "127.0.0.1"
-#: Ray's usual dashboard port; a local Ray takes another free one when it is in use.
-DASHBOARD_PORT = 8265
 
 
-def _dashboard_port() -> int:
-    for port in (DASHBOARD_PORT, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind((LOCAL_HOST, port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError("no free port for the Ray dashboard")
+def _free_port() -> int:
+    """A port the kernel just gave out as free (Ray's fixed 8265 races when two local Rays start
+    at once, e.g. a test run beside a job)."""
+    with socket.socket() as sock:
+        sock.bind((LOCAL_HOST, 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -66,7 +61,7 @@ def ensure_ray(
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         else:
-            port = _dashboard_port()
+            port = _free_port()
             # Ray's processes (and so every worker) inherit this, which pins their State API
             # calls to this cluster's dashboard. Left unset, a call that names no cluster picks
             # one by looking for local Ray processes, and fails when another local Ray is running
@@ -81,6 +76,8 @@ def ensure_ray(
                     logging_level=logging.WARNING,
                     log_to_driver=log_to_driver,
                 )
+            if progress_bars:
+                print(f"[facs] local Ray; its dashboard: http://{LOCAL_HOST}:{port}", flush=True)
     if progress_bars is not None:
         ray.data.DataContext.get_current().enable_progress_bars = progress_bars
 
