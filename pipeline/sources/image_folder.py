@@ -128,7 +128,7 @@ class ImageFolderDatasource(Datasource):
                 num_rows=len(part),
                 size_bytes=None,
                 exec_stats=None,
-                input_files=tuple(self.uri_prefix + p for p in part[:1]),
+                input_files=tuple(self.uri_prefix + p for p in part),
             )
             tasks.append(ReadTask(read, metadata, schema=RECORD_SCHEMA))
         return tasks
