@@ -24,6 +24,7 @@ import yaml
 
 from cluster.auth import AuthToken, resolve_token
 from cluster.local_cluster import ClusterError, ClusterState
+from pipeline.environment import environment
 
 RUNTIME_ENV_FILE = Path(__file__).with_name("runtime_env.yaml")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -98,16 +99,6 @@ def resolve_target(
     return JobTarget(address, token, mlflow_uri, state)
 
 
-@contextlib.contextmanager
-def _without_address_env():
-    """Ray's client lets RAY_ADDRESS override the address it is given; ours was already chosen."""
-    saved = {key: os.environ.pop(key) for key in _ADDRESS_ENV if key in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def job_client(target: JobTarget):
     """A JobSubmissionClient that sends the target's token (explicitly: this process need not
     run with RAY_AUTH_MODE=token for Ray to attach it)."""
@@ -116,7 +107,8 @@ def job_client(target: JobTarget):
 
     headers = target.token.http_headers() if target.token else None
     try:
-        with _without_address_env():
+        # Ray's client lets these override the address it is given; ours was already chosen.
+        with environment(**dict.fromkeys(_ADDRESS_ENV)):
             return JobSubmissionClient(target.address, headers=headers)
     except AuthenticationError:
         raise SubmitError(_refused(target)) from None

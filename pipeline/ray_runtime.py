@@ -8,13 +8,13 @@ run's placement group stays reserved and the next trial can wait for it forever.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
 
 import ray
+
+from pipeline.environment import environment
 
 LOCAL_HOST = "127.0.0.1"
 
@@ -25,20 +25,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOCAL_HOST, 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class StateApiUnavailable(RuntimeError):
@@ -67,7 +53,7 @@ def ensure_ray(
             # one by looking for local Ray processes, and fails when another local Ray is running
             # (a second job, a test run) - Ray Train's placement-group clean-up among them. This
             # process keeps its own environment.
-            with _environment(RAY_API_SERVER_ADDRESS=f"http://{LOCAL_HOST}:{port}"):
+            with environment(RAY_API_SERVER_ADDRESS=f"http://{LOCAL_HOST}:{port}"):
                 ray.init(
                     num_cpus=num_cpus,
                     include_dashboard=True,

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from pipeline.environment import restored_environment
 from pipeline.vocabulary import FACE_SIZE
 
 DEFAULT_DATABASE = "mlflow.db"
@@ -207,8 +208,7 @@ def process_uris(uri: str) -> Iterator[None]:
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     # Process-wide state: threads that log models at once (concurrent folds or scaling points)
     # take turns, or one would restore the URIs while another is still logging.
-    with _PROCESS_URIS_LOCK:
-        saved_env = {name: os.environ.get(name) for name in names}
+    with _PROCESS_URIS_LOCK, restored_environment(*names):
         saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
@@ -217,11 +217,6 @@ def process_uris(uri: str) -> Iterator[None]:
         finally:
             mlflow.set_tracking_uri(saved[0])
             registry_utils._registry_uri = saved[1]
-            for name, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 @contextmanager
