@@ -42,13 +42,14 @@ def test_hand_computed_example() -> None:
     assert metrics.num_samples == 5
 
 
-def test_au_without_positives_has_nan_auc_left_out_of_the_mean() -> None:
+def test_au_without_positives_is_not_applicable_and_left_out_of_every_mean() -> None:
     metrics = au_metrics(Y_TRUE, Y_PROB, AUS)
     assert math.isnan(metrics.roc_auc["AU02"]) and math.isnan(metrics.pr_auc["AU02"])
-    assert metrics.f1["AU02"] == 0.0  # zero_division=0
+    assert math.isnan(metrics.f1["AU02"])  # n/a, never a 0
+    assert metrics.not_applicable("f1") == ["AU02"]
     mean = metrics.mean()
     assert mean["roc_auc"] == pytest.approx((5 / 6 + 1.0) / 2)
-    assert mean["f1"] == pytest.approx((4 / 6 + 0.0 + 0.8) / 3)
+    assert mean["f1"] == pytest.approx((4 / 6 + 0.8) / 2)
     assert metrics.mean(["AU01", "AU02"])["roc_auc"] == pytest.approx(5 / 6)
     assert math.isnan(metrics.mean(["AU02"])["roc_auc"])
 
@@ -136,8 +137,15 @@ def test_markdown_bolds_the_best_of_each_column() -> None:
     lines = markdown_table(ROWS, ["AU01", "AU02", "Avg"]).splitlines()
     assert lines[0] == "| Method | AU01 | AU02 | Avg |"
     assert lines[2] == "| OpenFace 2.0 | 0.30 | **0.41** | **0.50** |"
-    assert lines[3] == "| LP-Net | **0.60** | 0.20 | - |"
+    assert lines[3] == "| LP-Net | **0.60** | 0.20 | n/a |"
     assert lines[4] == "| Ours | **0.60** | - | 0.45 |"
+
+
+def test_markdown_bolds_no_winner_in_a_column_of_zeros_and_shows_na() -> None:
+    rows = {"A": {"AU01": 0.0, "AU02": math.nan}, "B": {"AU01": 0.0, "AU02": 0.5}}
+    lines = markdown_table(rows, ["AU01", "AU02"]).splitlines()
+    assert lines[2] == "| A | 0.00 | n/a |"
+    assert lines[3] == "| B | 0.00 | **0.50** |"
 
 
 def test_markdown_without_bold() -> None:

@@ -1,4 +1,13 @@
-"""Cross-validation evaluation: per-fold and pooled AU metrics, the paper's Table III, PR/ROC plots."""
+"""Cross-validation evaluation as the AU literature reports it, Table III, PR/ROC plots.
+
+Per fold and per AU: F1 at the threshold, PR-AUC, ROC-AUC on that fold's test frames. The headline
+figure of an AU is the mean over the folds where it is defined; an AU with no positive test frame
+in a fold is *n/a* there (excluded, counted and shown; never a 0). A run's average is the mean of
+those per-AU figures over the AUs asked for (the paper's 8, or DISFA's 12). Pooling every fold's
+frames into one ranking is kept as a secondary figure only: each fold's model is calibrated to its
+own training prevalence, so a pooled ranking mixes scales (a predictor that outputs only each
+fold's training prevalence scores a pooled ROC-AUC far below chance).
+"""
 
 from __future__ import annotations
 
@@ -14,25 +23,33 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pipeline.storage import Location
 from pipeline.vocabulary import DISFA_AUS, PAPER_COMPARISON_AUS
-from training.metrics import AUMetrics, au_metrics, markdown_table, nan_mean, pool, table_csv
-
-#: Table III's comparison rows: F1 (%) on DISFA averaged over the paper's 8 AUs, as the paper
-#: prints them (OpenFace 2.0, LP-Net, and the paper's own pre-trained VGG13).
-AVERAGE_COLUMN = "Avg"
-PAPER_ROWS: dict[str, dict[str, float]] = {
-    "OpenFace 2.0": {AVERAGE_COLUMN: 53.6},
-    "LP-Net": {AVERAGE_COLUMN: 56.9},
-    "Fung & McDuff (paper)": {AVERAGE_COLUMN: 59.9},
-}
-TABLE3_FOOTNOTE = (
-    "Rows OpenFace 2.0, LP-Net and Fung & McDuff (paper) are the averages over the 8 AUs as "
-    "printed in the paper (Table III); their per-AU F1 figures were not available when this "
-    "table was built, so those cells are left empty (`-`) rather than guessed. This run's rows "
-    "are F1 (%) at threshold 0.5 on the test frames of all folds pooled. Best value per column "
-    "in bold."
+from training.metrics import (
+    METRIC_NAMES,
+    AUMetrics,
+    au_metrics,
+    markdown_table,
+    nan_mean,
+    pool,
+    table_csv,
 )
-#: Scopes of a metrics table: the folds by index, then ``pooled``.
+from training.paper_results import AVERAGE_COLUMN, paper_rows
+
+#: Scopes of a metrics table besides the folds: their mean (the headline) and all frames pooled.
+FOLD_MEAN = "fold_mean"
 POOLED = "pooled"
+#: The Table III row of a labeler scored on the same test frames (``facs finetune --labeler-...``).
+LABELER_ROW = "OpenFace 2.0 (measured here)"
+TABLE3_FOOTNOTE = (
+    "F1 (%) at threshold 0.5, computed per fold on that fold's test subjects, then averaged over "
+    "the folds; Avg is the mean of the 8 AU columns. `n/a`: the AU has no positive test frame "
+    "in any fold. Rows marked (paper) are the paper's Table III as printed. Best value per "
+    "column in bold."
+)
+LABELER_FOOTNOTE = (
+    "{row}: the labeler's own presence outputs (`AUxx_c`) on exactly each fold's test frames; "
+    "frames it failed to track (`success` 0) or did not cover count as predicted absent "
+    "({failed} of {frames} test frames)."
+)
 
 
 @dataclass
@@ -59,52 +76,99 @@ class FoldPredictions:
 
 @dataclass
 class CVMetrics:
-    """Per-fold and pooled metrics of one cross-validation (one arm of a comparison)."""
+    """Per-fold metrics of one cross-validation (one arm or labeler), their means, and pooled."""
 
     per_fold: dict[int, AUMetrics]
     pooled: AUMetrics
     threshold: float = 0.5
     subjects: dict[int, list[str]] = field(default_factory=dict)  # test subjects per fold
+    #: Test frames a labeler could not score (tracking failures, frames it did not cover).
+    unscored_frames: int = 0
 
-    def fold_mean(self, metric: str = "f1", subset: Sequence[str] | None = None) -> float:
-        """The mean over folds of each fold's AU average (the other common way to report CV)."""
-        return nan_mean([m.mean(subset)[metric] for m in self.per_fold.values()])
+    @property
+    def au_names(self) -> tuple[str, ...]:
+        return self.pooled.au_names
+
+    def per_au(self, metric: str = "f1") -> dict[str, float]:
+        """Each AU's ``metric`` averaged over the folds where it is defined (NaN: n/a in all)."""
+        return {
+            au: nan_mean([m.metric(metric)[au] for m in self.per_fold.values()])
+            for au in self.au_names
+        }
+
+    def mean(self, metric: str = "f1", subset: Sequence[str] | None = None) -> float:
+        """The headline: :meth:`per_au` averaged over ``subset`` (default: every AU)."""
+        per_au = self.per_au(metric)
+        aus = self.au_names if subset is None else tuple(subset)
+        return nan_mean([per_au[au] for au in aus])
+
+    def fold_means(
+        self, metric: str = "f1", subset: Sequence[str] | None = None
+    ) -> dict[int, float]:
+        """Each fold's ``metric`` averaged over its defined AUs of ``subset``."""
+        return {k: m.mean(subset)[metric] for k, m in sorted(self.per_fold.items())}
+
+    def not_applicable(
+        self, metric: str = "f1", subset: Sequence[str] | None = None
+    ) -> list[tuple[int, str]]:
+        """The (fold, AU) cells where ``metric`` is n/a (no positive test frame there)."""
+        aus = set(self.au_names if subset is None else subset)
+        return [
+            (k, au)
+            for k, m in sorted(self.per_fold.items())
+            for au in m.not_applicable(metric)
+            if au in aus
+        ]
 
     def summary(self) -> dict:
-        """JSON-ready figures: AU averages (12 and the paper's 8) per fold and pooled, per-AU pooled."""
+        """JSON-ready: headline means (12 AUs and the paper's 8), per AU and fold, n/a cells."""
 
         def averages(metrics: AUMetrics) -> dict[str, float]:
-            out = {}
-            for name, value in metrics.mean().items():
-                out[f"{name}_mean"] = value
-            for name, value in metrics.mean(PAPER_COMPARISON_AUS).items():
-                out[f"{name}_mean_paper8"] = value
+            out = {f"{name}_mean": v for name, v in metrics.mean().items()}
+            out.update(
+                {f"{n}_mean_paper8": v for n, v in metrics.mean(PAPER_COMPARISON_AUS).items()}
+            )
             out["frames"] = metrics.num_samples
             return out
 
         return {
             "threshold": self.threshold,
+            "evaluation": "per fold, per AU, then the mean over folds (n/a cells excluded)",
+            FOLD_MEAN: {
+                **{f"{name}_mean": self.mean(name) for name in METRIC_NAMES},
+                **{
+                    f"{name}_mean_paper8": self.mean(name, PAPER_COMPARISON_AUS)
+                    for name in METRIC_NAMES
+                },
+                "per_au": {
+                    au: {name: self.per_au(name)[au] for name in METRIC_NAMES}
+                    for au in self.au_names
+                },
+                "not_applicable_f1": [f"fold{k}:{au}" for k, au in self.not_applicable("f1")],
+            },
             "folds": {
-                str(k): {**averages(m), "test_subjects": self.subjects.get(k, [])}
+                str(k): {
+                    **averages(m),
+                    "test_subjects": self.subjects.get(k, []),
+                    "per_au": {
+                        au: {
+                            **{name: m.metric(name)[au] for name in METRIC_NAMES},
+                            "positives": m.positives[au],
+                        }
+                        for au in m.au_names
+                    },
+                }
                 for k, m in sorted(self.per_fold.items())
             },
             POOLED: averages(self.pooled),
-            "fold_mean_f1_mean": self.fold_mean("f1"),
-            "fold_mean_f1_mean_paper8": self.fold_mean("f1", PAPER_COMPARISON_AUS),
-            "per_au_pooled": {
-                au: {
-                    "f1": self.pooled.f1[au],
-                    "pr_auc": self.pooled.pr_auc[au],
-                    "roc_auc": self.pooled.roc_auc[au],
-                    "positives": self.pooled.positives[au],
-                }
-                for au in self.pooled.au_names
-            },
+            "unscored_frames": self.unscored_frames,
         }
 
 
-def evaluate_folds(predictions: Sequence[FoldPredictions], threshold: float = 0.5) -> CVMetrics:
-    """Metrics of each fold's test frames and of all folds' test frames pooled."""
+def evaluate_folds(
+    predictions: Sequence[FoldPredictions], threshold: float = 0.5, unscored_frames: int = 0
+) -> CVMetrics:
+    """Metrics of each fold's test frames (and, secondary, of all folds' frames pooled)."""
     if not predictions:
         raise ValueError("evaluate_folds: expected the predictions of at least one fold")
     names = {p.au_names for p in predictions}
@@ -121,6 +185,7 @@ def evaluate_folds(predictions: Sequence[FoldPredictions], threshold: float = 0.
         pooled=au_metrics(y_true, y_prob, au_names, threshold),
         threshold=threshold,
         subjects={p.fold: sorted(set(map(str, p.subjects))) for p in predictions},
+        unscored_frames=unscored_frames,
     )
 
 
@@ -128,51 +193,93 @@ def table3_columns() -> list[str]:
     return [*PAPER_COMPARISON_AUS, AVERAGE_COLUMN]
 
 
+def metric_row(metrics: CVMetrics, metric: str = "f1") -> dict[str, float]:
+    """One table row in %: the fold-mean of each of the paper's 8 AUs, and their average."""
+    per_au = metrics.per_au(metric)
+    row = {au: 100.0 * per_au[au] for au in PAPER_COMPARISON_AUS}
+    row[AVERAGE_COLUMN] = 100.0 * metrics.mean(metric, PAPER_COMPARISON_AUS)
+    return row
+
+
 def table3_rows(
     results: Mapping[str, CVMetrics], *, include_paper: bool = True
 ) -> dict[str, dict[str, float]]:
-    """Table III's rows: the paper's comparison rows, then one per run (pooled F1, in %)."""
-    rows: dict[str, dict[str, float]] = {}
-    if include_paper:
-        rows.update({name: dict(values) for name, values in PAPER_ROWS.items()})
-    for name, metrics in results.items():
-        pooled = metrics.pooled
-        row = {au: 100.0 * pooled.f1[au] for au in PAPER_COMPARISON_AUS}
-        row[AVERAGE_COLUMN] = 100.0 * pooled.mean(PAPER_COMPARISON_AUS)["f1"]
-        rows[name] = row
+    """Table III: the paper's rows (per AU, as printed), then one row per run (fold-mean F1 %)."""
+    rows: dict[str, dict[str, float]] = paper_rows("III") if include_paper else {}
+    rows.update({name: metric_row(metrics) for name, metrics in results.items()})
     return rows
 
 
-def table3_markdown(rows: Mapping[str, Mapping[str, float]], folds: int = 3) -> str:
+def not_applicable_note(results: Mapping[str, CVMetrics]) -> str:
+    """One line naming the (fold, AU) cells left out as n/a, or that there were none."""
+    cells = sorted({cell for m in results.values() for cell in m.not_applicable("f1")})
+    if not cells:
+        return "Every fold has positive test frames of every AU (no n/a cell)."
+    named = ", ".join(f"fold {k} {au}" for k, au in cells)
+    return f"n/a (no positive test frame; left out of that AU's mean over folds): {named}."
+
+
+def table3_markdown(
+    rows: Mapping[str, Mapping[str, float]],
+    folds: int = 3,
+    results: Mapping[str, CVMetrics] | None = None,
+) -> str:
     title = f"Table III: F1 (%) on DISFA, subject-independent {folds}-fold cross-validation\n\n"
     table = markdown_table(rows, table3_columns(), bold_best=True, fmt="{:.1f}")
-    return title + table + "\n" + TABLE3_FOOTNOTE + "\n"
+    notes = [TABLE3_FOOTNOTE]
+    if results:
+        notes.append(not_applicable_note(results))
+        labeler = results.get(LABELER_ROW)
+        if labeler is not None:
+            frames = sum(m.num_samples for m in labeler.per_fold.values())
+            notes.append(
+                LABELER_FOOTNOTE.format(
+                    row=LABELER_ROW, failed=labeler.unscored_frames, frames=frames
+                )
+            )
+    return title + table + "\n" + "\n".join(notes) + "\n"
 
 
 def metrics_csv(metrics: CVMetrics) -> str:
-    """Every metric per AU, per fold and pooled: ``scope,metric,<AUs>,mean,mean_paper8``."""
-    au_names = metrics.pooled.au_names
+    """Every metric per AU: per fold, their mean (the headline), and pooled (secondary).
+
+    ``scope,metric,<AUs>,mean,mean_paper8``; an n/a cell is empty.
+    """
+    au_names = metrics.au_names
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["scope", "metric", *au_names, "mean", "mean_paper8"])
+
+    def cells(values: Sequence[float]) -> list[str]:
+        return ["" if math.isnan(v) else f"{v:.6f}" for v in values]
+
     scopes: list[tuple[str, AUMetrics]] = [
         (f"fold{k}", m) for k, m in sorted(metrics.per_fold.items())
     ]
-    scopes.append((POOLED, metrics.pooled))
     for scope, values in scopes:
-        for name in ("f1", "pr_auc", "roc_auc"):
+        for name in METRIC_NAMES:
             per_au = values.metric(name)
-            cells = [per_au[au] for au in au_names]
-            cells += [values.mean()[name], values.mean(PAPER_COMPARISON_AUS)[name]]
-            writer.writerow([scope, name, *("" if math.isnan(v) else f"{v:.6f}" for v in cells)])
+            row = [per_au[au] for au in au_names]
+            row += [values.mean()[name], values.mean(PAPER_COMPARISON_AUS)[name]]
+            writer.writerow([scope, name, *cells(row)])
         writer.writerow([scope, "positives", *(values.positives[au] for au in au_names), "", ""])
+    for name in METRIC_NAMES:
+        per_au = metrics.per_au(name)
+        row = [per_au[au] for au in au_names]
+        row += [metrics.mean(name), metrics.mean(name, PAPER_COMPARISON_AUS)]
+        writer.writerow([FOLD_MEAN, name, *cells(row)])
+    for name in METRIC_NAMES:
+        per_au = metrics.pooled.metric(name)
+        row = [per_au[au] for au in au_names]
+        row += [metrics.pooled.mean()[name], metrics.pooled.mean(PAPER_COMPARISON_AUS)[name]]
+        writer.writerow([POOLED, name, *cells(row)])
     return buffer.getvalue()
 
 
 def _curve_figure(
-    y_true: np.ndarray, y_prob: np.ndarray, au_names: Sequence[str], kind: str, title: str
+    folds: Sequence[FoldPredictions], au_names: Sequence[str], kind: str, title: str
 ) -> bytes:
-    """A grid of per-AU PR or ROC curves, as PNG bytes (Agg canvas: no pyplot global state)."""
+    """A grid of per-AU PR or ROC curves, one line per fold, as PNG bytes (Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -183,26 +290,34 @@ def _curve_figure(
     axes = figure.subplots(rows, columns, squeeze=False)
     for k, au in enumerate(au_names):
         axis = axes[k // columns][k % columns]
-        labels, scores = y_true[:, k], y_prob[:, k]
-        positives = int(labels.sum())
-        if 0 < positives < len(labels):
+        drawn = []
+        for fold in folds:
+            labels, scores = fold.y_true[:, k], fold.y_prob[:, k]
+            positives = int(labels.sum())
+            if not 0 < positives < len(labels):
+                continue
+            name = f"fold {fold.fold} ({positives})"
             if kind == "pr":
                 precision, recall, _ = precision_recall_curve(labels, scores)
-                axis.plot(recall, precision)
-                axis.axhline(positives / len(labels), color="grey", linestyle=":", linewidth=1)
-                axis.set_xlabel("recall")
-                axis.set_ylabel("precision")
+                axis.plot(recall, precision, label=name)
             else:
                 fpr, tpr, _ = roc_curve(labels, scores)
-                axis.plot(fpr, tpr)
-                axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-                axis.set_xlabel("false positive rate")
-                axis.set_ylabel("true positive rate")
+                axis.plot(fpr, tpr, label=name)
+            drawn.append(name)
+        if kind == "pr":
+            axis.set_xlabel("recall")
+            axis.set_ylabel("precision")
         else:
-            axis.text(0.5, 0.5, "one class only", ha="center", va="center")
+            axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            axis.set_xlabel("false positive rate")
+            axis.set_ylabel("true positive rate")
+        if drawn:
+            axis.legend(fontsize=6, loc="lower right" if kind == "roc" else "upper right")
+        else:
+            axis.text(0.5, 0.5, "n/a in every fold", ha="center", va="center")
         axis.set_xlim(0, 1)
         axis.set_ylim(0, 1.02)
-        axis.set_title(f"{au} ({positives} positives)", fontsize=9)
+        axis.set_title(au, fontsize=9)
     for k in range(len(au_names), rows * columns):
         axes[k // columns][k % columns].set_visible(False)
     figure.suptitle(title)
@@ -238,20 +353,18 @@ def write_report(
         written.append(target.uri)
 
     rows = table3_rows(results)
-    folds = max((len(m.per_fold) for m in results.values()), default=0)
-    put("table3.md", table3_markdown(rows, folds))
+    fold_count = max((len(m.per_fold) for m in results.values()), default=0)
+    put("table3.md", table3_markdown(rows, fold_count, results))
     put("table3.csv", table_csv(rows, table3_columns()))
     for name, metrics in results.items():
         put(f"metrics-{slug(name)}.csv", metrics_csv(metrics))
         if plots and predictions and name in predictions:
             folds = predictions[name]
-            y_true, y_prob = pool([(p.y_true, p.y_prob) for p in folds])
-            au_names = folds[0].au_names
             for kind, label in (("pr", "precision-recall"), ("roc", "ROC")):
-                title = f"{name}: per-AU {label} curves, test folds pooled"
+                title = f"{name}: per-AU {label} curves per fold (test positives)"
                 put(
                     f"{kind}-curves-{slug(name)}.png",
-                    _curve_figure(y_true, y_prob, au_names, kind, title),
+                    _curve_figure(folds, folds[0].au_names, kind, title),
                 )
     summary = {name: metrics.summary() for name, metrics in results.items()}
     put("summary.json", json.dumps(json_ready(summary), indent=2))

@@ -42,11 +42,11 @@ def check_labels_and_scores(
 
 @dataclass(frozen=True)
 class AUMetrics:
-    """Per-AU metrics of one evaluation. AUCs are NaN for an AU whose labels are all one class.
+    """Per-AU metrics of one evaluation; NaN marks a metric that is not defined (*n/a*).
 
-    F1 uses ``zero_division=0``: an AU with no positives and no predicted positives scores 0 and
-    counts in the F1 mean. A NaN AUC is left out of its mean (the mean is NaN only when every AU
-    in the subset is NaN).
+    As the AU literature reports it: an AU with no positive frames has no F1, PR-AUC or ROC-AUC
+    (n/a, not 0), and an AU whose frames are all positive has no AUCs. A NaN is left out of its
+    mean (the mean is NaN only when every AU in the subset is NaN); ``not_applicable`` lists them.
     """
 
     au_names: tuple[str, ...]
@@ -74,6 +74,10 @@ class AUMetrics:
                 f"AUs {unknown} were not evaluated; evaluated AUs: {list(self.au_names)}"
             )
         return {name: nan_mean([self.metric(name)[au] for au in aus]) for name in METRIC_NAMES}
+
+    def not_applicable(self, metric: str = "f1") -> list[str]:
+        """The AUs whose ``metric`` is undefined here (no positive frames, or for AUCs one class)."""
+        return [au for au in self.au_names if math.isnan(self.metric(metric)[au])]
 
     def as_flat_dict(
         self, prefix: str = "val", subsets: Mapping[str, Sequence[str]] | None = None
@@ -118,9 +122,11 @@ def au_metrics(
     f1, pr_auc, roc_auc, positives = {}, {}, {}, {}
     for k, au in enumerate(au_names):
         labels, scores = y_true[:, k], y_prob[:, k]
-        f1[au] = float(f1_score(labels, scores >= cutoffs[k], zero_division=0))
         n_pos = int(labels.sum())
         positives[au] = n_pos
+        f1[au] = (
+            float(f1_score(labels, scores >= cutoffs[k], zero_division=0)) if n_pos else math.nan
+        )
         both_classes = 0 < n_pos < len(labels)
         pr_auc[au] = float(average_precision_score(labels, scores)) if both_classes else math.nan
         roc_auc[au] = float(roc_auc_score(labels, scores)) if both_classes else math.nan
@@ -186,19 +192,29 @@ def pool(folds: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
 
 
 def format_value(value: float | None, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """``-`` for a cell with no figure, ``n/a`` for an undefined one (NaN), else ``fmt``."""
+    if value is None:
         return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
     return fmt.format(value)
 
 
 def best_per_column(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> dict:
-    """For each column, the highest non-NaN value across rows (absent when there is none)."""
+    """For each column, the highest non-NaN value across rows, where it marks a winner.
+
+    A column has no best when it has no value, or when its highest value is shared and not above
+    zero (a column of 0.0s has no winner).
+    """
     best = {}
     for column in columns:
         values = [r[column] for r in rows.values() if r.get(column) is not None]
         values = [v for v in values if not math.isnan(v)]
-        if values:
-            best[column] = max(values)
+        if not values:
+            continue
+        top = max(values)
+        if top > 0 or values.count(top) == 1:
+            best[column] = top
     return best
 
 
@@ -212,8 +228,8 @@ def markdown_table(
 ) -> str:
     """A Markdown table like the paper's Table III: one row per method, one column per AU (+ Avg).
 
-    With ``bold_best`` the highest value of each column is bold (every one, on a tie). Missing or
-    NaN cells show ``-``.
+    With ``bold_best`` the highest value of each column is bold (every one, on a tie above zero;
+    see ``best_per_column``). Missing cells show ``-``, NaN (n/a) cells ``n/a``.
     """
     best = best_per_column(rows, columns) if bold_best else {}
     lines = [

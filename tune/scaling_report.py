@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.vocabulary import DISFA_AUS, PAPER_COMPARISON_AUS
-from training.evaluate import AVERAGE_COLUMN, PAPER_ROWS, json_ready
+from training.evaluate import json_ready
 from training.metrics import markdown_table, table_csv
+from training.paper_results import AVERAGE_COLUMN, TABLE_III, TABLE_IV, TABLE_V, paper_rows
 
 if TYPE_CHECKING:
     from tune.scaling import PointResult, ScalingResult
@@ -37,12 +38,13 @@ AXIS_FACTS: dict[str, dict[str, str]] = {
     },
 }
 FOOTNOTE = (
-    "F1 (%) at threshold 0.5 on the DISFA test frames of all folds pooled, after pre-training on "
+    "F1 (%) at threshold 0.5 per fold on that fold's DISFA test subjects, averaged over the folds "
+    "(an AU with no positive test frame in a fold is left out of its mean), after pre-training on "
     "the row's subset and fine-tuning with the same protocol. Avg is the mean over the paper's 8 "
     "AUs (the columns); {avg12} over DISFA's 12. Sizes count training images/people (gender-"
-    "balanced; 'all' = every labelled training row of the corpus version). The {refs} rows are "
-    "the paper's printed 8-AU averages; their per-AU figures were not available, so those cells "
-    "are `-`. Best value per column in bold."
+    "balanced; 'all' = every labelled training row of the corpus version). Rows marked (paper) "
+    "are the paper's own Table {table} and its {refs} rows of Table III, as printed. Best value "
+    "per column in bold."
 )
 
 
@@ -58,8 +60,10 @@ def row_label(point: PointResult, axis: str) -> str:
 
 
 def table_rows(points: Sequence[PointResult], axis: str) -> dict[str, dict[str, float]]:
-    """The paper's reference rows, then one row per point, smallest first (F1 in %)."""
-    rows = {name: dict(PAPER_ROWS[name]) for name in REFERENCES}
+    """The paper's rows (its own table for this axis, and its reference methods), then one row
+    per point of this run, smallest first (F1 in %)."""
+    rows = paper_rows(AXIS_FACTS[axis]["table"])
+    rows.update({f"{name} (paper)": dict(TABLE_III[name]) for name in REFERENCES})
     for point in sorted(points, key=lambda p: p.x(axis)):
         row = {au: 100.0 * point.per_au[au]["f1"] for au in PAPER_COMPARISON_AUS}
         row[AVERAGE_COLUMN] = 100.0 * point.mean("f1", paper8=True)
@@ -75,7 +79,7 @@ def table_markdown(points: Sequence[PointResult], axis: str) -> str:
     table = markdown_table(
         table_rows(points, axis), table_columns(), row_header=facts["header"], fmt="{:.1f}"
     )
-    note = FOOTNOTE.format(avg12=AVERAGE_12, refs=" and ".join(REFERENCES))
+    note = FOOTNOTE.format(avg12=AVERAGE_12, refs=" and ".join(REFERENCES), table=facts["table"])
     return title + table + "\n" + note + "\n"
 
 
@@ -96,7 +100,7 @@ def figure_png(points: Sequence[PointResult], axis: str) -> bytes:
         ax.plot(xs, [y if math.isfinite(y) else math.nan for y in ys], style, label=label)
     # OpenFace's label goes under its line, LP-Net's over it: the two lines are 3 points apart.
     for name, line, offset in zip(REFERENCES, ("--", ":"), (-11, 3), strict=True):
-        value = PAPER_ROWS[name][AVERAGE_COLUMN]
+        value = TABLE_III[name][AVERAGE_COLUMN]
         ax.axhline(value, color="grey", linestyle=line, linewidth=1.2)
         ax.annotate(
             f"{name} F1 {value:.1f} (paper)",
@@ -107,6 +111,15 @@ def figure_png(points: Sequence[PointResult], axis: str) -> bytes:
             fontsize=8,
             color="dimgrey",
         )
+    paper = TABLE_IV if axis == "images" else TABLE_V
+    paper_sizes = [size for size in paper if size > 0 and paper[size][AVERAGE_COLUMN] > 0]
+    ax.plot(
+        paper_sizes,
+        [paper[size][AVERAGE_COLUMN] for size in paper_sizes],
+        "x--",
+        color="grey",
+        label=f"F1, the paper's Table {facts['table']} (real data)",
+    )
     if xs and max(xs) > 2 * min(xs):
         ax.set_xscale("log")
     ax.set_xticks(
@@ -119,7 +132,7 @@ def figure_png(points: Sequence[PointResult], axis: str) -> bytes:
     ax.minorticks_off()
     ax.set_ylim(0, 100)
     ax.set_xlabel(facts["xlabel"])
-    ax.set_ylabel("% (mean of the paper's 8 AUs, test folds pooled)")
+    ax.set_ylabel("% (mean of the paper's 8 AUs, per fold then averaged)")
     ax.set_title(
         f"Figure {facts['figure']}: DISFA AU detection vs. {facts['xlabel'].split(' (')[0]}"
     )
@@ -167,7 +180,7 @@ def summary(result: ScalingResult, facts: dict[str, Any]) -> dict[str, Any]:
             "run_name": result.run_name,
             "points": [point_summary(p) for p in result.points],
             "axes": {axis: [p.key for p in result.axis(axis)] for axis in AXIS_FACTS},
-            "references_f1_paper8": {n: PAPER_ROWS[n][AVERAGE_COLUMN] for n in REFERENCES},
+            "references_f1_paper8": {n: TABLE_III[n][AVERAGE_COLUMN] for n in REFERENCES},
         }
     )
 
