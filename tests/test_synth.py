@@ -33,12 +33,21 @@ from pipeline.synth.au_sampling import (
 )
 from pipeline.synth.celeb_world import TRUTH_NAME, TSV_NAME, generate_celeb
 from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
-from pipeline.synth.disfa_world import DISFA_FOLDS, generate_disfa, label_file_name
+from pipeline.synth.disfa_world import (
+    DEFAULT_STRIDE,
+    DISFA_FOLDS,
+    generate_disfa,
+    label_file_name,
+    labeler_reading,
+    pick_subjects,
+    presence_counts,
+    subject_session,
+)
 from pipeline.synth.identity import sample_identity
-from pipeline.synth.noisy_labeler import NoisyLabeler
+from pipeline.synth.noisy_labeler import NoisyLabeler, openface_sequence_csv
 from pipeline.synth.people import fake_mid
 from pipeline.synth.render import AU_INDEX, RENDER_AUS, Scene, render_face, sample_scene
-from pipeline.vocabulary import DISFA_AUS, REGIONS
+from pipeline.vocabulary import DISFA_AUS, PAPER_COMPARISON_AUS, REGIONS
 
 HAAR = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
 FRAMES = 8  # per DISFA video in the small test world
@@ -71,7 +80,7 @@ def celeb(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def disfa(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("disfa")
-    generate_disfa(str(out), subjects=3, frames=FRAMES, seed=5, openface=True)
+    generate_disfa(str(out), subjects=3, frames=FRAMES, seed=5, cameras="both")
     return out
 
 
@@ -117,7 +126,7 @@ def test_different_seed_gives_a_different_celeb_world(celeb, tmp_path):
 
 def test_same_seed_gives_byte_identical_disfa_world(disfa, tmp_path):
     again = tmp_path / "again"
-    generate_disfa(str(again), subjects=3, frames=FRAMES, seed=5, openface=True)
+    generate_disfa(str(again), subjects=3, frames=FRAMES, seed=5, cameras="both")
     assert _tree_hashes(again) == _tree_hashes(disfa)
 
 
@@ -269,10 +278,63 @@ def test_disfa_truth_matches_the_label_files_and_openface_csv_reads(disfa):
     first = truth[truth["video"] == "RightVideoSN001_comp"]
     labels = pd.read_csv(disfa / label_file_name("SN001", "AU25"), header=None)
     assert first["AU25"].tolist() == labels[1].tolist()
-    table = read_openface_sequence_csv(
-        str(disfa / "OpenFace/RightVideoSN001_comp.csv"), video_stem="RightVideoSN001"
+    # Frames are every DEFAULT_STRIDE-th frame of one session, not consecutive ones.
+    assert first["session_frame"].tolist() == [DEFAULT_STRIDE * t for t in range(FRAMES)]
+    for camera in ("Right", "Left"):
+        table = read_openface_sequence_csv(
+            str(disfa / f"OpenFace/{camera}VideoSN001_comp.csv"), video_stem=f"{camera}VideoSN001"
+        )
+        assert table.num_rows == FRAMES
+
+
+def test_right_camera_only_by_default_with_the_labelers_csvs(tmp_path):
+    summary = generate_disfa(str(tmp_path / "d"), subjects=1, frames=2, seed=1)
+    assert summary.videos == 1 and summary.openface_dir
+    assert (tmp_path / "d/Videos_RightCamera/RightVideoSN002_comp.avi").is_file()
+    assert not (tmp_path / "d/Videos_LeftCamera").exists()
+    assert (tmp_path / "d/OpenFace/RightVideoSN002_comp.csv").is_file()
+
+
+def test_labeler_failures_are_written_as_openface_writes_them():
+    labels = NoisyLabeler(seed=0).label(
+        np.random.default_rng(0), "SN001", np.zeros((3, len(RENDER_AUS))), in_the_wild=False
     )
-    assert table.num_rows == FRAMES
+    text = openface_sequence_csv(labels, 20.0, failed=np.array([False, True, False]))
+    rows = [line.split(",") for line in text.splitlines()]
+    header = rows[0]
+    assert [row[header.index("success")] for row in rows[1:]] == ["1", "0", "1"]
+    assert rows[2][header.index("AU12_c")] == "0.0"
+
+
+def test_demo_sized_disfa_world_gives_every_fold_ten_positives_of_each_paper_au():
+    """Labels only (no rendering): the demo's world, its folds, its validation subjects."""
+    from cluster.demo_config import SCALES, DemoConfig
+    from pipeline.disfa.folds import make_folds
+
+    config = DemoConfig()
+    scale = config.resolved()
+    seed = config.seed + 1  # the demo's DISFA seed
+    subjects = pick_subjects(scale.disfa_subjects)
+    counts = presence_counts(seed, subjects, scale.disfa_frames, scale.disfa_stride)
+    folds = make_folds(subjects, val_subjects_per_fold=2)
+    assert scale is not SCALES["tiny"] and all(len(f.val_subjects) >= 2 for f in folds)
+    for fold in folds:
+        for part in ("train_subjects", "test_subjects"):
+            for au in PAPER_COMPARISON_AUS:
+                total = sum(counts[s][au] for s in getattr(fold, part))
+                assert total >= 10, (fold.index, part, au, total)
+
+
+def test_strided_frames_are_nearly_independent_samples_of_the_session():
+    consecutive = subject_session(3, "SN001", frames=400, stride=1).track
+    strided = subject_session(3, "SN001", frames=400, stride=DEFAULT_STRIDE).track
+    column = AU_INDEX["AU12"]
+
+    def lag1(track: np.ndarray) -> float:
+        x = track[:, column]
+        return float(np.corrcoef(x[:-1], x[1:])[0, 1])
+
+    assert lag1(consecutive) > 0.95 and lag1(strided) < 0.3
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +423,37 @@ def test_default_labeler_f1_on_a_disfa_like_world_is_openface_like():
     levels, read = _labelled("disfa", noise=1.0, wild=False)
     f1 = [_f1(levels[:, AU_INDEX[au]] >= 2, read[:, AU_INDEX[au]] == 1) for au in DISFA_AUS]
     assert 0.35 <= np.mean(f1) <= 0.7, f1
+
+
+def test_demo_disfa_labeler_scores_openface_2s_f1_on_the_folds():
+    """The calibration target: the labeler's 8-AU F1 (per fold, then averaged) on the demo's
+    DISFA world is OpenFace 2.0's 53.6 +- 5, failures counting as absent."""
+    from cluster.demo_config import DemoConfig
+
+    config = DemoConfig()
+    scale = config.resolved()
+    seed, fold_f1 = config.seed + 1, []
+    for fold in DISFA_FOLDS:
+        truth, read = [], []
+        for subject in fold:
+            session = subject_session(seed, subject, scale.disfa_frames, scale.disfa_stride)
+            labels, failed = labeler_reading(seed, session, config.label_noise)
+            truth.append(session.levels >= 2)
+            read.append(np.where(failed[:, None], 0, labels.presence) == 1)
+        t, r = np.concatenate(truth), np.concatenate(read)
+        fold_f1.append([_f1(t[:, AU_INDEX[au]], r[:, AU_INDEX[au]]) for au in PAPER_COMPARISON_AUS])
+    assert abs(100 * np.mean(fold_f1) - 53.6) <= 5, np.mean(fold_f1, axis=0)
+
+
+def test_wild_noise_scales_only_the_false_alarms_of_photos_in_the_wild():
+    levels = np.zeros((4000, len(RENDER_AUS)))
+    full, half = NoisyLabeler(seed=1), NoisyLabeler(seed=1, wild_noise=0.5)
+    wild = [m.label(np.random.default_rng(0), "m.0x", levels, in_the_wild=True).presence.mean()
+            for m in (full, half)]  # fmt: skip
+    lab = [m.label(np.random.default_rng(0), "m.0x", levels, in_the_wild=False).presence
+           for m in (full, half)]  # fmt: skip
+    assert wild[1] < 0.75 * wild[0]
+    assert np.array_equal(lab[0], lab[1])
 
 
 def test_labeler_in_the_wild_reproduces_openface_msceleb_rates():
@@ -496,9 +589,11 @@ def test_noise_free_world_from_config_has_openface_labels_equal_to_the_truth(tmp
 
 def test_disfa_world_from_config_and_bad_options(tmp_path):
     summary = generate_disfa_from_config(
-        SynthDisfaConfig(out=str(tmp_path / "d"), subjects=1, frames=2, seed=1)
+        SynthDisfaConfig(out=str(tmp_path / "d"), subjects=1, frames=2, seed=1, cameras="both")
     )
     assert summary.subjects == ("SN002",) and summary.videos == 2
+    with pytest.raises(ValueError, match="cameras"):
+        SynthDisfaConfig(out="x", cameras="left")
     with pytest.raises(ValueError, match="subjects must be 1..27"):
         generate_disfa(str(tmp_path / "x"), subjects=28, seed=1)
     with pytest.raises(ValueError, match="people"):

@@ -88,31 +88,31 @@ def _write_shard(
     seed: int,
     start: int,
     stop: int,
-    images_per_person: int,
+    images_per_person: tuple[int, ...],
     noise: float,
     rates: str,
     image_size: int,
+    wild_noise: float = 1.0,
 ) -> int:
     """Generate people ``start..stop-1``; write their per-image files and this shard's rows."""
     root = Location.of(out)
     scale = IntensityScale.for_rates(rates)
-    labeler = NoisyLabeler(noise=noise, seed=seed)
+    labeler = NoisyLabeler(noise=noise, seed=seed, wild_noise=wild_noise)
     tsv_lines: list[str] = []
     truth_lines: list[str] = []
-    for index in range(start, stop):
+    for index, images in zip(range(start, stop), images_per_person, strict=True):
         rng = np.random.default_rng([seed, _PERSON, index])
         person = sample_person(rng, fake_mid(seed, index))
         identity = sample_identity(rng, person.gender, person.region)
         offset = person_offsets(rng, 1)[0]
-        levels = scale.levels(sample_photo_latents(rng, offset, images_per_person))
-        ranks = np.sort(rng.choice(np.arange(1, 3 * images_per_person + 1), images_per_person,
-                                   replace=False))  # fmt: skip
+        levels = scale.levels(sample_photo_latents(rng, offset, images))
+        ranks = np.sort(rng.choice(np.arange(1, 3 * images + 1), images, replace=False))
         labels = labeler.label(
             np.random.default_rng([seed, _LABELS, index]), person.mid, levels, in_the_wild=True
         )
         bio = write_biography_json(person.mid, person.name, person.description, person.article)
         root.join(BIOS_DIR, f"{person.mid[2:]}.json").write_bytes(bio.encode("utf-8"))
-        for j in range(images_per_person):
+        for j in range(images):
             scene_rng = np.random.default_rng([seed, _SCENE, index, j])
             scene = sample_scene(scene_rng)
             quality = int(scene_rng.integers(75, 96))
@@ -144,29 +144,64 @@ def _write_shard(
     return len(tsv_lines)
 
 
+def parse_tiers(text: str) -> list[tuple[int, int]]:
+    """``"30x100,90x20"`` -> ``[(30, 100), (90, 20)]``: groups of people x images per person."""
+    tiers = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            people, images = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise ValueError(
+                f"tiers: expected PEOPLExIMAGES groups like 30x100, got {part!r}"
+            ) from None
+        if people < 1 or images < 1:
+            raise ValueError(f"tiers: {part!r} needs at least 1 person and 1 image")
+        tiers.append((people, images))
+    if not tiers:
+        raise ValueError(f"tiers: expected PEOPLExIMAGES groups like 30x100,90x20, got {text!r}")
+    return tiers
+
+
+def images_per_person_of(people: int, images_per_person: int, tiers: str = "") -> list[int]:
+    """Each person's number of images: ``tiers`` (a long tail, as in MS-Celeb) or all alike."""
+    if not tiers:
+        return [images_per_person] * people
+    return [images for count, images in parse_tiers(tiers) for _ in range(count)]
+
+
 def generate_celeb(
     out: str,
     *,
     people: int,
-    images_per_person: int,
+    images_per_person: int | list[int],
     seed: int,
     noise: float = 1.0,
+    wild_noise: float = 1.0,
     use_ray: bool = False,
     rates: str = "celeb",
     image_size: int = 256,
     people_per_shard: int = 200,
     workers: int = 0,
 ) -> CelebWorldSummary:
-    """Write a celeb world under ``out`` (module docstring for the layout); same seed, same bytes."""
-    if people < 1 or images_per_person < 1:
+    """Write a celeb world under ``out`` (module docstring for the layout); same seed, same bytes.
+
+    ``images_per_person``: one count for everybody, or one per person (``people`` of them).
+    """
+    counts = (
+        [images_per_person] * people
+        if isinstance(images_per_person, int)
+        else [int(n) for n in images_per_person]
+    )
+    if people < 1 or len(counts) != people or min(counts) < 1:
         raise ValueError(
-            f"people ({people}) and images_per_person ({images_per_person}) must be >= 1"
+            f"people ({people}) and images_per_person ({images_per_person}) must be >= 1, "
+            "with one count per person when counts are given"
         )
     if image_size < 160:
         raise ValueError(f"image_size {image_size} too small; faces must be >= 128 px (use >= 160)")
     rate_table(rates)  # fail early on an unknown table
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    if noise < 0 or wild_noise < 0:
+        raise ValueError(f"noise and wild_noise must be >= 0, got {noise} and {wild_noise}")
     root = Location.of(out)
     clear_parts(root)
     step = max(1, people_per_shard)
@@ -176,10 +211,11 @@ def generate_celeb(
             seed,
             start,
             min(start + step, people),
-            images_per_person,
+            tuple(counts[start : min(start + step, people)]),
             noise,
             rates,
             image_size,
+            wild_noise,
         )  # fmt: skip
         for start in range(0, people, step)
     ]
@@ -203,12 +239,14 @@ def generate_celeb_from_config(config: SynthCelebConfig) -> CelebWorldSummary:
     """:func:`generate_celeb` with the options of a :class:`SynthCelebConfig`."""
     if not config.out:
         raise ValueError("SynthCelebConfig.out is empty; give an output folder")
+    counts = images_per_person_of(config.people, config.images_per_person, config.tiers)
     return generate_celeb(
         config.out,
-        people=config.people,
-        images_per_person=config.images_per_person,
+        people=len(counts),
+        images_per_person=counts,
         seed=config.seed,
         noise=config.noise,
+        wild_noise=config.wild_noise,
         use_ray=config.use_ray,
         rates=config.rates,
         image_size=config.image_size,

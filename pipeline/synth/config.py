@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: ``cameras`` of a synthetic DISFA world: the right camera (what is read by default) or both.
+DISFA_CAMERA_CHOICES: tuple[str, ...] = ("right", "both")
+
 
 @dataclass
 class SynthCelebConfig:
@@ -12,10 +15,24 @@ class SynthCelebConfig:
     out: str = field(default="", metadata={"help": "output folder (local path or s3:// prefix)"})
     people: int = field(default=1000, metadata={"help": "number of synthetic people (identities)"})
     images_per_person: int = field(default=10, metadata={"help": "images per person"})
+    tiers: str = field(
+        default="",
+        metadata={
+            "help": "groups of PEOPLExIMAGES, e.g. 30x100,90x20,280x5: a few people with many "
+            "photos and many with few, as in MS-Celeb (replaces --people/--images-per-person)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "random seed; same seed -> identical files"})
     noise: float = field(
         default=1.0,
         metadata={"help": "OpenFace-like label noise strength (0 = labels are the truth)"},
+    )
+    wild_noise: float = field(
+        default=1.0,
+        metadata={
+            "help": "multiplier on the labeler's extra false alarms in photos in the wild (1 = "
+            "OpenFace's MS-Celeb label rates, mostly noise; lab video is not affected)"
+        },
     )
     rates: str = field(
         default="celeb",
@@ -44,17 +61,40 @@ class SynthDisfaConfig:
     subjects: int = field(
         default=27, metadata={"help": "number of subjects (1-27, DISFA's subject ids)"}
     )
-    frames: int = field(default=300, metadata={"help": "frames per video"})
+    frames: int = field(
+        default=108,
+        metadata={
+            "help": "frames per video: every --stride-th frame of a frames x stride session "
+            "(108 x 45 = DISFA's 4,845-frame sessions)"
+        },
+    )
+    stride: int = field(
+        default=45,
+        metadata={
+            "help": "session frames between two rendered frames (45 = 2.25 s at 20 fps: nearly "
+            "independent expressions; 1 = consecutive frames)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "random seed; same seed -> identical files"})
     fps: float = field(default=20.0, metadata={"help": "video frame rate (DISFA: 20)"})
     frame_width: int = field(default=360, metadata={"help": "video frame width, pixels"})
     frame_height: int = field(default=288, metadata={"help": "video frame height, pixels"})
+    cameras: str = field(
+        default="right",
+        metadata={
+            "help": "right (what fine-tuning reads by default) or both (adds the left camera)"
+        },
+    )
     openface: bool = field(
-        default=False,
-        metadata={"help": "also write noisy OpenFace FeatureExtraction CSVs for the right camera"},
+        default=True,
+        metadata={
+            "help": "write the noisy labeler's OpenFace FeatureExtraction CSVs (OpenFace/), "
+            "which `facs finetune --labeler-openface` scores"
+        },
     )
     noise: float = field(
-        default=1.0, metadata={"help": "label noise strength of those OpenFace CSVs"}
+        default=1.0,
+        metadata={"help": "label noise of those CSVs; the celeb world's --noise, for one labeler"},
     )
     use_ray: bool = field(
         default=False, metadata={"help": "render subjects in parallel as Ray tasks"}
@@ -63,3 +103,15 @@ class SynthDisfaConfig:
         default=0,
         metadata={"help": "CPUs for a local Ray started here (0 = all); ignored if Ray is running"},
     )
+
+    def __post_init__(self) -> None:
+        if self.cameras not in DISFA_CAMERA_CHOICES:
+            raise ValueError(
+                f"SynthDisfaConfig.cameras: expected one of {DISFA_CAMERA_CHOICES}, "
+                f"got {self.cameras!r}"
+            )
+        for name in ("frames", "stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"SynthDisfaConfig.{name}: expected >= 1, got {getattr(self, name)}"
+                )
