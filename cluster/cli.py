@@ -32,12 +32,14 @@ def _config_parser(
         "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)"
     )
     add_config_arguments(parser, cls)
-    parser.set_defaults(run=run, config_class=cls)
+    parser.set_defaults(run=run, config_class=cls, config_section=name)
     return parser
 
 
 def _load(args: argparse.Namespace):
-    return load_config(args.config_class, args.config, overrides_from_args(args))
+    return load_config(
+        args.config_class, args.config, overrides_from_args(args), section=args.config_section
+    )
 
 
 def _corpus_build(args: argparse.Namespace, append: bool) -> int:
@@ -113,8 +115,9 @@ def _finetune(args: argparse.Namespace) -> int:
     print(result.table3)
     for arm in result.arms.values():
         print(
-            f"{arm.label}: mean F1 {arm.mean_f1:.3f} (12 AUs), {arm.mean_f1_paper8:.3f} "
-            f"(paper's 8), MLflow run {arm.mlflow_run_id}"
+            f"{arm.label}: F1 {100 * arm.mean_f1_paper8:.1f} (paper's 8 AUs), "
+            f"{100 * arm.mean_f1:.1f} (12 AUs), per fold then averaged; MLflow run "
+            f"{arm.mlflow_run_id}"
         )
     print(f"report: {result.report_uri}")
     if result.registered_model:

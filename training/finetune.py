@@ -60,6 +60,7 @@ from training.checkpoints import (
 )
 from training.data import FACE_COLUMN, BatchOptions, faces_from_arrow, pixel_mean
 from training.evaluate import (
+    LABELER_ROW,
     CVMetrics,
     FoldPredictions,
     evaluate_folds,
@@ -69,8 +70,9 @@ from training.evaluate import (
 )
 from training.finetune_config import FinetuneConfig
 from training.init_weights import InitWeights, initial_model, resolve_init
-from training.metrics import au_metrics, tune_thresholds
-from training.model import ModelConfig, freeze_conv_blocks
+from training.labeler_eval import evaluate_labeler
+from training.metrics import METRIC_NAMES, au_metrics, tune_thresholds
+from training.model import ModelConfig, freeze_classifier, freeze_conv_blocks
 from training.tracking import (
     RunHandle,
     create_run,
@@ -354,8 +356,14 @@ def finetune_with(setup: FoldSetup) -> None:
 
     # The same seed for every arm: the new head (and a scratch network) start alike.
     torch.manual_seed(config.seed * 1000 + fold.index)
-    core = initial_model(setup.init, setup.scratch_model, len(LABEL_COLUMNS))
+    core = initial_model(
+        setup.init,
+        setup.scratch_model,
+        len(LABEL_COLUMNS),
+        head_rows_for=LABEL_COLUMNS if config.head_init == "pretrained_rows" else None,
+    )
     freeze_conv_blocks(core, config.freeze_blocks)
+    freeze_classifier(core, config.freeze_classifier)
     set_fc_dropout(core, config.dropout)
     state, best_state, seen_codes = _restore()
     if state is not None:
@@ -627,12 +635,13 @@ class ArmResult:
 
     @property
     def mean_f1(self) -> float:
-        """F1 averaged over the 12 AUs, test folds pooled."""
-        return self.metrics.pooled.mean()["f1"]
+        """F1 per fold and AU, averaged over the folds, then over the 12 AUs (the headline)."""
+        return self.metrics.mean("f1")
 
     @property
     def mean_f1_paper8(self) -> float:
-        return self.metrics.pooled.mean(PAPER_COMPARISON_AUS)["f1"]
+        """The same over the paper's 8 AUs (Table III's Avg)."""
+        return self.metrics.mean("f1", PAPER_COMPARISON_AUS)
 
 
 @dataclass
@@ -648,6 +657,8 @@ class CVResult:
     table3: str  # markdown
     report_files: list[str] = field(default_factory=list)
     compare_run_id: str | None = None
+    #: The labeler scored on the same test frames (``labeler_openface``), if given.
+    labeler: CVMetrics | None = None
     model_uri: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
@@ -931,8 +942,9 @@ def check_no_leakage(result: FoldResult) -> None:
 def tuned_threshold_metrics(folds: Sequence[FoldResult], default: float) -> dict[str, float]:
     """Test F1 with each fold's per-AU thresholds tuned on that fold's validation subjects.
 
-    Per fold (``test_fold<k>_f1_mean_tuned``) and pooled (``test_pooled_f1_mean_tuned``: every
-    fold's frames binarised at its own thresholds, then counted together). An AU without positive
+    Per fold (``test_fold<k>_f1_mean_tuned``), their mean over folds then AUs
+    (``test_f1_mean_tuned``, the headline's twin) and pooled (``test_pooled_f1_mean_tuned``:
+    every fold's frames binarised at its own thresholds, then counted together). An AU without positive
     validation frames keeps ``default``. Empty when a fold lacks validation predictions.
     """
     if not folds or any(f.val_predictions is None for f in folds):
@@ -947,6 +959,14 @@ def tuned_threshold_metrics(folds: Sequence[FoldResult], default: float) -> dict
         truth.append(test.y_true)
         decided.append((test.y_prob >= thresholds[None, :]).astype(np.float32))
     au_names = folds[0].predictions.au_names
+    fold_mean = evaluate_folds(
+        [
+            FoldPredictions(r.fold.index, r.predictions.subjects, r.predictions.frames, t, d)
+            for r, t, d in zip(folds, truth, decided, strict=True)
+        ]
+    )
+    out["test_f1_mean_tuned"] = fold_mean.mean("f1")
+    out["test_f1_mean_paper_tuned"] = fold_mean.mean("f1", PAPER_COMPARISON_AUS)
     pooled = au_metrics(np.concatenate(truth), np.concatenate(decided), au_names, 0.5)
     out["test_pooled_f1_mean_tuned"] = pooled.mean()["f1"]
     out["test_pooled_f1_mean_paper_tuned"] = pooled.mean(PAPER_COMPARISON_AUS)["f1"]
@@ -1019,6 +1039,18 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     frames, folds = prepared_folds(config)
     inits, scratch_model = arm_inits(config, tracking_uri)
     subjects = tuple(sorted(frames.manifest.accepted_per_subject))
+    # Scored before any training: a wrong labeler folder fails in seconds, not after the folds.
+    labeler = (
+        evaluate_labeler(
+            frames,
+            folds,
+            config.labeler_openface,
+            camera=config.disfa.camera,
+            threshold=config.threshold,
+        )[0]
+        if config.labeler_openface
+        else None
+    )
 
     name = config.run_name or "finetune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Location.of(config.storage_path).join(name)
@@ -1078,8 +1110,11 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
                 arm, ARM_LABELS[arm], inits[arm].source, parents[arm].run_id, mine, metrics, tuned
             )
             log_metrics(parents[arm], {**_cv_metrics(metrics), **tuned}, step=0)
+        if labeler is not None:
+            for run in every:
+                log_metrics(run, _cv_metrics(labeler, "labeler"), step=0)
         result = _report_and_register(
-            config, name, root, tracking_uri, frames, arm_results, parents, compare_run
+            config, name, root, tracking_uri, frames, arm_results, parents, compare_run, labeler
         )
     except BaseException:
         for run in every:
@@ -1090,13 +1125,22 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     return result
 
 
-def _cv_metrics(metrics: CVMetrics) -> dict[str, float]:
-    flat = metrics.pooled.as_flat_dict("test_pooled", subsets={"paper": PAPER_COMPARISON_AUS})
+def _cv_metrics(metrics: CVMetrics, prefix: str = "test") -> dict[str, float]:
+    """MLflow metrics of a cross-validation: the fold-mean headline per AU and averaged
+    (``test_f1_mean``, ``test_f1_mean_paper``, ``test_f1_AU01``, ...), per fold, and pooled."""
+    flat: dict[str, float] = {}
+    for name in METRIC_NAMES:
+        for au, value in metrics.per_au(name).items():
+            flat[f"{prefix}_{name}_{au}"] = value
+        flat[f"{prefix}_{name}_mean"] = metrics.mean(name)
+        flat[f"{prefix}_{name}_mean_paper"] = metrics.mean(name, PAPER_COMPARISON_AUS)
     for k, fold_metrics in metrics.per_fold.items():
-        flat[f"test_fold{k}_f1_mean"] = fold_metrics.mean()["f1"]
-        flat[f"test_fold{k}_f1_mean_paper"] = fold_metrics.mean(PAPER_COMPARISON_AUS)["f1"]
-    flat["test_fold_mean_f1_mean"] = metrics.fold_mean("f1")
-    flat["test_fold_mean_f1_mean_paper"] = metrics.fold_mean("f1", PAPER_COMPARISON_AUS)
+        flat[f"{prefix}_fold{k}_f1_mean"] = fold_metrics.mean()["f1"]
+        flat[f"{prefix}_fold{k}_f1_mean_paper"] = fold_metrics.mean(PAPER_COMPARISON_AUS)["f1"]
+    flat[f"{prefix}_not_applicable_f1_cells"] = len(metrics.not_applicable("f1"))
+    flat.update(
+        metrics.pooled.as_flat_dict(f"{prefix}_pooled", subsets={"paper": PAPER_COMPARISON_AUS})
+    )
     return flat
 
 
@@ -1109,8 +1153,10 @@ def _report_and_register(
     arms: dict[str, ArmResult],
     parents: dict[str, RunHandle],
     compare_run: RunHandle | None,
+    labeler: CVMetrics | None = None,
 ) -> CVResult:
-    results = {arm.label: arm.metrics for arm in arms.values()}
+    results = {LABELER_ROW: labeler} if labeler is not None else {}
+    results.update({arm.label: arm.metrics for arm in arms.values()})
     predictions = {arm.label: [f.predictions for f in arm.folds] for arm in arms.values()}
     report = root.join("report")
     with tempfile.TemporaryDirectory(prefix="facs-report-") as local:
@@ -1122,7 +1168,7 @@ def _report_and_register(
             if run is not None:
                 run.client().log_artifacts(run.run_id, local, artifact_path="report")
     folds = max(len(arm.folds) for arm in arms.values())
-    table = table3_markdown(table3_rows(results), folds)
+    table = table3_markdown(table3_rows(results), folds, results)
     result = CVResult(
         run_name=name,
         run_uri=root.uri,
@@ -1133,6 +1179,7 @@ def _report_and_register(
         table3=table,
         report_files=[report.join(Path(p).name).uri for p in written],
         compare_run_id=compare_run.run_id if compare_run else None,
+        labeler=labeler,
     )
     if config.final_model == "none":
         return result

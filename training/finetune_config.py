@@ -39,6 +39,23 @@ class FinetuneConfig:
         },
     )
 
+    head_init: Literal["fresh", "pretrained_rows"] = field(
+        default="pretrained_rows",
+        metadata={
+            "help": "the new 12-AU head: fresh (the paper: a newly initialised output layer) or "
+            "pretrained_rows (each DISFA AU's logit starts from the pre-trained 17-AU head's row "
+            "of that AU); scratch networks always start fresh"
+        },
+    )
+    labeler_openface: str = field(
+        default="",
+        metadata={
+            "help": "folder of OpenFace 2.0 FeatureExtraction CSVs of the DISFA videos (one per "
+            "video, named like it: RightVideoSN001_comp.csv): the labeler is scored on each "
+            "fold's test frames as Table III's 'OpenFace 2.0 (measured here)' row"
+        },
+    )
+
     folds: int = field(default=3, metadata={"help": "cross-validation folds (the paper: 3)"})
     fold_scheme: Literal["paper", "seeded"] = field(
         default="paper",
@@ -71,6 +88,13 @@ class FinetuneConfig:
     freeze_blocks: int = field(
         default=0, metadata={"help": "freeze the first k conv blocks (0-4) of the network"}
     )
+    freeze_classifier: bool = field(
+        default=False,
+        metadata={
+            "help": "also freeze the two FC layers (no dropout there); with --freeze-blocks 4 "
+            "only the new head learns: a linear probe of the pre-trained features"
+        },
+    )
     dropout: float | None = field(
         default=None,
         metadata={
@@ -79,14 +103,14 @@ class FinetuneConfig:
         },
     )
     class_weighting: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "weight each AU's positives by negatives/positives of the training frames "
             "(BCE pos_weight)"
         },
     )
     max_pos_weight: float = field(
-        default=50.0, metadata={"help": "upper bound on an AU's positive weight"}
+        default=5.0, metadata={"help": "upper bound on an AU's positive weight"}
     )
 
     workers: int = field(default=1, metadata={"help": "data-parallel workers per fold (DDP)"})
@@ -95,7 +119,10 @@ class FinetuneConfig:
     )
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per worker"})
     batch_size: int = field(default=32, metadata={"help": "samples per step on each worker"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (the paper: 1e-4)"})
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "Adam learning rate (the paper: 1e-4; see README: departures)"},
+    )
     beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
@@ -105,7 +132,7 @@ class FinetuneConfig:
         metadata={"help": "stop a fold after this many epochs without a better monitor value"},
     )
     monitor: Literal["val_loss", "val_f1_mean", "val_pr_auc_mean"] = field(
-        default="val_loss",
+        default="val_f1_mean",
         metadata={"help": "validation figure for early stopping and the kept (best) weights"},
     )
     min_delta: float = field(
@@ -182,6 +209,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.folds >= 2, f"folds >= 2, got {self.folds}"),
+            (
+                self.head_init in ("fresh", "pretrained_rows"),
+                f"head_init fresh or pretrained_rows, got {self.head_init!r}",
+            ),
             (self.val_subjects >= 1, f"val_subjects >= 1, got {self.val_subjects}"),
             (
                 all(1 <= k <= self.folds for k in self.only_folds),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -199,11 +200,18 @@ def resolve_init(source: str, tracking_uri: str | None = None) -> InitWeights:
 
 
 def initial_model(
-    init: InitWeights, scratch_config: ModelConfig, num_outputs: int, *, replace: bool = True
+    init: InitWeights,
+    scratch_config: ModelConfig,
+    num_outputs: int,
+    *,
+    replace: bool = True,
+    head_rows_for: Sequence[str] | None = None,
 ) -> VGG13:
     """The network fine-tuning starts from: ``init``'s weights with a new ``num_outputs`` head
     (``replace``), or a fresh network of ``scratch_config`` with ``num_outputs`` logits.
 
+    ``head_rows_for`` (the new head's AU names): start each new logit from the pre-trained
+    head's row of the same AU instead of a fresh one (every DISFA AU is among OpenFace's 17).
     Call under ``torch.manual_seed`` for a reproducible head (and scratch) initialisation.
     """
     if init.is_scratch:
@@ -217,10 +225,36 @@ def initial_model(
             f"{init.source}: weights do not fit its own model config: {error}"
         ) from error
     if replace:
+        old_weight, old_bias = model.head.weight.detach().clone(), model.head.bias.detach().clone()
         replace_head(model, num_outputs)
+        if head_rows_for is not None:
+            copy_head_rows(model, old_weight, old_bias, init.au_names, head_rows_for, init.source)
     elif model.num_outputs != num_outputs:
         raise InitError(f"{init.source}: has {model.num_outputs} outputs, expected {num_outputs}")
     return model
+
+
+def copy_head_rows(
+    model: VGG13,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    from_aus: Sequence[str],
+    to_aus: Sequence[str],
+    source: str = "model",
+) -> None:
+    """Set the head's logit of each AU in ``to_aus`` to the row of that AU in ``from_aus``."""
+    if len(to_aus) != model.num_outputs:
+        raise InitError(f"{source}: {len(to_aus)} AU names for a head of {model.num_outputs}")
+    missing = [au for au in to_aus if au not in from_aus]
+    if missing:
+        raise InitError(
+            f"{source}: its head has no logit for {missing} (it predicts {list(from_aus)}); "
+            "start those from a fresh head instead"
+        )
+    rows = [list(from_aus).index(au) for au in to_aus]
+    with torch.no_grad():
+        model.head.weight.copy_(weight[rows])
+        model.head.bias.copy_(bias[rows])
 
 
 def trained_model(init: InitWeights) -> VGG13:

@@ -38,6 +38,8 @@ class VGG13(nn.Module):
         self.config = replace(config)  # a copy: replace_head updates num_outputs
         #: How many leading conv blocks ``freeze_conv_blocks`` froze (their BatchNorm stays in eval).
         self.frozen_blocks = 0
+        #: Whether ``freeze_classifier`` froze the FC layers (their dropout then stays off).
+        self.frozen_classifier = False
 
         blocks = []
         channels = config.in_channels
@@ -93,6 +95,8 @@ class VGG13(nn.Module):
             for module in block.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if self.frozen_classifier:
+            self.classifier.eval()
         return self
 
 
@@ -143,6 +147,18 @@ def freeze_conv_blocks(model: VGG13, k: int) -> None:
         for param in block.parameters():
             param.requires_grad_(i >= k)
     model.frozen_blocks = k
+    model.train(model.training)
+
+
+def freeze_classifier(model: VGG13, frozen: bool = True) -> None:
+    """Freeze (or unfreeze) the two FC layers; frozen, their dropout is off as in inference.
+
+    With all four conv blocks frozen too, only the head learns: a linear probe of the
+    pre-trained features.
+    """
+    for param in model.classifier.parameters():
+        param.requires_grad_(not frozen)
+    model.frozen_classifier = frozen
     model.train(model.training)
 
 

@@ -47,7 +47,7 @@ from training.finetune import (
 from training.finetune_config import FinetuneConfig
 from training.init_weights import InitWeights, initial_model
 from training.metrics import au_metrics, tune_thresholds
-from training.model import ModelConfig, freeze_conv_blocks
+from training.model import ModelConfig, freeze_classifier, freeze_conv_blocks
 from training.train_loop import Autocast, all_reduce, gather_to_rank0
 from tune.sweep_config import apply_params
 
@@ -123,8 +123,14 @@ def _fold_state(setup: TrialSetup, item: TrialFold, device: torch.device) -> _Fo
     config = setup.config
     # The same seed as `facs finetune` uses for this fold: the final evaluation starts alike.
     torch.manual_seed(config.seed * 1000 + item.fold.index)
-    core = initial_model(setup.init, setup.scratch_model, len(LABEL_COLUMNS))
+    core = initial_model(
+        setup.init,
+        setup.scratch_model,
+        len(LABEL_COLUMNS),
+        head_rows_for=LABEL_COLUMNS if config.head_init == "pretrained_rows" else None,
+    )
     freeze_conv_blocks(core, config.freeze_blocks)
+    freeze_classifier(core, config.freeze_classifier)
     set_fc_dropout(core, config.dropout)
     core = core.to(device)
     model = ray.train.torch.prepare_model(core)
