@@ -169,11 +169,26 @@ def read_yaml_mapping(yaml_path: str | Path) -> dict:
     return loaded
 
 
+def stage_section(data: dict, cls: type, section: str | None) -> dict:
+    """A recipe file holds several stages' settings under their names (``pretrain:``,
+    ``finetune:``, e.g. configs/paper.yaml); a stage reads its own section of such a file."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if section and section in data and section not in names:
+        inner = data[section] or {}
+        if not isinstance(inner, dict):
+            raise ConfigError(f"{section}: expected a mapping of {cls.__name__} settings")
+        return inner
+    return data
+
+
 def load_config(
-    cls: type[T], yaml_path: str | Path | None = None, overrides: dict | None = None
+    cls: type[T],
+    yaml_path: str | Path | None = None,
+    overrides: dict | None = None,
+    section: str | None = None,
 ) -> T:
-    """Defaults <- YAML file <- overrides (CLI flags)."""
-    data = read_yaml_mapping(yaml_path) if yaml_path else {}
+    """Defaults <- YAML file (its ``section`` in a recipe file) <- overrides (CLI flags)."""
+    data = stage_section(read_yaml_mapping(yaml_path), cls, section) if yaml_path else {}
     data = merge_dicts(data, overrides or {})
     return from_dict(cls, data, where=str(yaml_path) if yaml_path else cls.__name__)
 

@@ -188,7 +188,8 @@ def test_resume_with_another_corpus_version_is_refused():
 
 
 def test_step_schedule_halves_after_20_and_tenths_after_40_epochs():
-    config = PretrainConfig()
+    assert {lr_factor(PretrainConfig(), e) for e in (0, 20, 499)} == {1.0}  # constant default
+    config = PretrainConfig(schedule="step")
     assert [lr_factor(config, e) for e in (0, 19, 20, 39, 40, 499)] == [1, 1, 0.5, 0.5, 0.1, 0.1]
     cosine = PretrainConfig(schedule="cosine", max_epochs=10)
     assert lr_factor(cosine, 0) == 1.0

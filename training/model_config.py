@@ -47,6 +47,9 @@ class ModelConfig:
         default=0.5, metadata={"help": "Dropout after each hidden fully connected layer."}
     )
     batch_norm: bool = field(
-        default=False,
-        metadata={"help": "BatchNorm after each conv (not in the paper; off by default)."},
+        default=True,
+        metadata={
+            "help": "BatchNorm after each conv (not in the paper, whose net collapses to a "
+            "constant output at these sizes; see README: departures)."
+        },
     )

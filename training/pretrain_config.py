@@ -45,13 +45,22 @@ class PretrainConfig:
         },
     )
 
-    lr: float = field(default=0.005, metadata={"help": "Adam learning rate (the paper's 0.005)"})
+    lr: float = field(
+        default=0.001,
+        metadata={
+            "help": "Adam learning rate (the paper: 0.005, which collapses to a constant output "
+            "here; see README: departures)"
+        },
+    )
     beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (momentum)"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
-    schedule: Literal["step", "cosine"] = field(
-        default="step",
-        metadata={"help": "step: lr x step_factors after step_epochs (paper); cosine: to 0"},
+    schedule: Literal["constant", "step", "cosine"] = field(
+        default="constant",
+        metadata={
+            "help": "constant; step: lr x step_factors after step_epochs (the paper's); cosine: "
+            "to 0 at max_epochs"
+        },
     )
     step_epochs: list[int] = field(
         default_factory=lambda: [20, 40],
@@ -62,6 +71,13 @@ class PretrainConfig:
         metadata={"help": "lr multipliers (of --lr) from each of step_epochs on"},
     )
     max_epochs: int = field(default=500, metadata={"help": "upper bound on epochs"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "optimizer-step budget: stop after this many steps in all (the last epoch "
+            "is cut short), so runs on more or fewer images train alike; none = epochs decide"
+        },
+    )
     patience: int = field(
         default=20,
         metadata={"help": "stop after this many epochs without a lower val loss (0 = never)"},
@@ -160,6 +176,10 @@ class PretrainConfig:
             (self.lr > 0, f"lr > 0, got {self.lr}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 in [0, 1)"),
             (self.max_epochs >= 1, f"max_epochs >= 1, got {self.max_epochs}"),
+            (
+                self.max_steps is None or self.max_steps >= 1,
+                f"max_steps >= 1, got {self.max_steps}",
+            ),
             (self.patience >= 0, f"patience >= 0, got {self.patience}"),
             (self.shuffle_buffer >= 0, f"shuffle_buffer >= 0, got {self.shuffle_buffer}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints >= 1, got {self.keep_checkpoints}"),
@@ -212,10 +232,12 @@ class PretrainConfig:
 def lr_factor(config: PretrainConfig, epoch: int) -> float:
     """Multiplier of ``config.lr`` during 0-based ``epoch``.
 
-    ``step``: 1 until ``step_epochs[0]`` epochs are done, then ``step_factors[0]``, and so on (the
+    ``constant``: 1. ``step``: 1 until ``step_epochs[0]`` epochs are done, then ``step_factors[0]``, and so on (the
     paper's code: halve after 20 epochs, a tenth after 40). ``cosine``: half a cosine from 1 at
     epoch 0 to 0 at ``max_epochs``.
     """
+    if config.schedule == "constant":
+        return 1.0
     if config.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / config.max_epochs))
     factor = 1.0

@@ -50,6 +50,7 @@ REPORTED = (
     "best_val_loss",
     "best_epoch",
     "stopped_early",
+    "steps",
 )
 
 
@@ -267,12 +268,18 @@ def train_with(setup: WorkerSetup) -> None:
     augment = FaceAugment(config.augment).to(device)
 
     start_epoch = state.epoch if state is not None else 0
+    steps_done = int(state.metrics.get("steps", 0)) if state is not None else 0
     best_val_loss = state.best_val_loss if state is not None else math.inf
     best_epoch = state.best_epoch if state is not None else 0
     waiting = state.epochs_without_improvement if state is not None else 0
     if state is not None and rank == 0:
         log.info("resumed from the checkpoint of epoch %d", start_epoch)
-    if start_epoch >= config.max_epochs or (config.patience and waiting >= config.patience):
+    budget_spent = bool(config.max_steps) and steps_done >= config.max_steps
+    if (
+        start_epoch >= config.max_epochs
+        or (config.patience and waiting >= config.patience)
+        or budget_spent
+    ):
         if rank == 0:
             log.info("nothing to do: %d epochs done already", start_epoch)
         return
@@ -306,11 +313,15 @@ def train_with(setup: WorkerSetup) -> None:
                 log.info("epoch %d step %d loss %.4f", epoch, stats.steps, float(loss))
 
         train_options = replace(options, seed=config.seed + epoch * world + rank)
+        limit = config.batches_per_epoch
+        if config.max_steps:
+            left = config.max_steps - steps_done
+            limit = left if limit is None else min(limit, left)
         stats = train_one_epoch(
             model,
             optimizer,
             augment,
-            device_batches(train_shard, train_options, device, config.batches_per_epoch),
+            device_batches(train_shard, train_options, device, limit),
             pixel_mean=setup.pixel_mean,
             device=device,
             autocast=autocast,
@@ -350,12 +361,14 @@ def train_with(setup: WorkerSetup) -> None:
                 "identities (split == 'val') for early stopping and checkpoint selection"
             )
         val_loss = val_sum / val_samples
+        steps_done += stats.steps
         improved = val_loss < best_val_loss - config.min_delta
         if improved:
             best_val_loss, best_epoch, waiting = val_loss, epoch, 0
         else:
             waiting += 1
         stop = bool(config.patience) and waiting >= config.patience
+        budget_spent = bool(config.max_steps) and steps_done >= config.max_steps
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "lr": lr,
@@ -367,6 +380,7 @@ def train_with(setup: WorkerSetup) -> None:
             "best_epoch": best_epoch,
             "epochs_without_improvement": waiting,
             "stopped_early": stop,
+            "steps": steps_done,
         }
         if rank == 0:
             au = au_metrics(
@@ -390,13 +404,21 @@ def train_with(setup: WorkerSetup) -> None:
         reported = {k: metrics[k] for k in REPORTED if k in metrics}
         if rank == 0:
             remaining = config.max_epochs - epoch
-            eta = 0.0 if stop else float(np.mean(epoch_seconds)) * remaining
+            if config.max_steps:
+                per_epoch = steps_done / (epoch - start_epoch) if epoch > start_epoch else 1
+                left = max(config.max_steps - steps_done, 0)
+                remaining = min(remaining, math.ceil(left / max(per_epoch, 1e-9)))
+            eta = 0.0 if stop or budget_spent else float(np.mean(epoch_seconds)) * remaining
             log.info(
                 f"epoch {epoch}/{config.max_epochs} train_loss {metrics['train_loss']:.4f} "
                 f"val_loss {val_loss:.4f} val_f1 {metrics.get('val_f1_mean', math.nan):.3f} "
                 f"{metrics['samples_per_s']:.0f} samples/s "
                 f"data-wait {100 * metrics['data_wait_fraction']:.1f}% "
-                f"lr {lr:.2e} ETA {format_duration(eta)}" + (" (early stop)" if stop else "")
+                f"lr {lr:.2e} step {steps_done}"
+                + (f"/{config.max_steps}" if config.max_steps else "")
+                + f" ETA {format_duration(eta)}"
+                + (" (early stop)" if stop else "")
+                + (" (step budget spent)" if budget_spent and not stop else "")
             )
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(directory, new_state)
@@ -411,5 +433,5 @@ def train_with(setup: WorkerSetup) -> None:
                 log_metrics(setup.mlflow_run, metrics, step=epoch)
         else:
             ray.train.report(reported)
-        if stop:
+        if stop or budget_spent:
             break
