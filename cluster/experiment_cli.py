@@ -37,8 +37,9 @@ def _run(args: argparse.Namespace) -> int:
     for axis in ("images", "identities"):
         for point in result.axis(axis):
             print(
-                f"{axis:>10} {point.x(axis):>8,}: F1 {100 * point.mean('f1'):.1f} "
-                f"(12 AUs {100 * point.mean('f1', paper8=False):.1f}), PR-AUC "
+                f"{axis:>10} {point.x(axis):>8,} ({point.images:,} images, {point.people:,} "
+                f"people): F1 {100 * point.mean('f1'):.1f} (12 AUs "
+                f"{100 * point.mean('f1', paper8=False):.1f}), PR-AUC "
                 f"{100 * point.mean('pr_auc'):.1f}, ROC-AUC {100 * point.mean('roc_auc'):.1f}"
             )
     print(f"report: {result.report_uri} (MLflow run {result.mlflow_run_id})")
@@ -58,5 +59,14 @@ def register(stages) -> argparse.ArgumentParser:
         metavar="PATH",
         default=argparse.SUPPRESS,
         help="the DISFA folder (short for --disfa-root)",
+    )
+    parser.add_argument(
+        "--pretrain-steps",
+        dest="cfg__pretrain__max_steps",
+        type=int,
+        metavar="N",
+        default=argparse.SUPPRESS,
+        help="optimizer steps of every point's pre-training (short for --pretrain-max-steps): "
+        "a fixed budget, so a bigger subset gets more data, not more steps",
     )
     return parser

@@ -39,6 +39,7 @@ from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.finetune import CVResult, run_cross_validation
 from training.finetune_config import FinetuneConfig
+from training.metrics import METRIC_NAMES
 from training.pretrain import PretrainResult, run_pretraining
 from training.pretrain_config import PretrainConfig
 from training.tracking import (
@@ -145,7 +146,12 @@ def largest_balanced(train: pa.Table, axis: str) -> int:
 
 
 def subset_name(axis: str, size: int, config: ScalingConfig, version: int) -> str:
-    return f"scaling-{axis}-{size}-{config.balance}-seed{config.subset_seed}-v{version}"
+    budget = (
+        f"-images-{config.identity_images}"
+        if axis == "identities" and config.identity_images
+        else ""
+    )
+    return f"scaling-{axis}-{size}{budget}-{config.balance}-seed{config.subset_seed}-v{version}"
 
 
 def plan_points(config: ScalingConfig, version: int) -> list[PlannedPoint]:
@@ -179,12 +185,15 @@ def plan_points(config: ScalingConfig, version: int) -> list[PlannedPoint]:
                     f"images of {all_people} people (use '{ALL}' for the whole corpus; sizes are "
                     "not clamped)"
                 )
+            sizes = {axis: size}
+            if axis == "identities" and config.identity_images:
+                sizes["images"] = config.identity_images  # N people share a fixed budget
             spec = SubsetConfig(
                 corpus=config.corpus,
                 version=version,
                 balance=config.balance,
                 seed=config.subset_seed,
-                **{axis: size},
+                **sizes,
             )
             try:
                 picked = train.take(pa.array(choose_rows(train, spec), type=pa.int64()))
@@ -228,6 +237,11 @@ def write_subsets(config: ScalingConfig, version: int, points: list[PlannedPoint
             identities=len(set(rows.column("identity").to_pylist())),
             spec={
                 axis: int(point.key.split("-")[1]),
+                **(
+                    {"images": config.identity_images}
+                    if axis == "identities" and config.identity_images
+                    else {}
+                ),
                 "balance": config.balance,
                 "seed": config.subset_seed,
                 "split": "balanced train rows + the version's whole val split",
@@ -276,14 +290,14 @@ def shared_finetune(config: ScalingConfig, root: Location, uri: str) -> Finetune
 
 
 def point_figures(cv: CVResult) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Means (12 AUs and the paper's 8) and per-AU figures of the pooled test folds."""
-    pooled = cv.arms["pretrained"].metrics.pooled
-    all_aus, paper8 = pooled.mean(), pooled.mean(PAPER_COMPARISON_AUS)
-    means = {m: {"mean": all_aus[m], "mean_paper8": paper8[m]} for m in ("f1", "pr_auc", "roc_auc")}
-    per_au = {
-        au: {"f1": pooled.f1[au], "pr_auc": pooled.pr_auc[au], "roc_auc": pooled.roc_auc[au]}
-        for au in pooled.au_names
+    """Means (12 AUs and the paper's 8) and per-AU figures: per fold, averaged over folds."""
+    metrics = cv.arms["pretrained"].metrics
+    means = {
+        m: {"mean": metrics.mean(m), "mean_paper8": metrics.mean(m, PAPER_COMPARISON_AUS)}
+        for m in METRIC_NAMES
     }
+    per_metric = {m: metrics.per_au(m) for m in METRIC_NAMES}
+    per_au = {au: {m: per_metric[m][au] for m in METRIC_NAMES} for au in metrics.au_names}
     return means, per_au
 
 

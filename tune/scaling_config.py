@@ -62,6 +62,14 @@ class ScalingConfig:
             "every person"
         },
     )
+    identity_images: int | None = field(
+        default=None,
+        metadata={
+            "help": "image budget of every point on the people axis: its N people share it "
+            "evenly (6000: 30 x 200, 120 x 50, 600 x 10 images), so only the number of people "
+            "varies; none = all images of each person (then the image count varies too)"
+        },
+    )
     balance: Literal["gender", "region"] = field(
         default="gender",
         metadata={"help": "subsets balance gender (the paper), or gender x region"},
@@ -123,6 +131,22 @@ class ScalingConfig:
             raise ValueError("ScalingConfig: expected some --images or --identities sizes")
         if self.concurrent < 1:
             raise ValueError(f"ScalingConfig.concurrent: expected >= 1, got {self.concurrent}")
+        if self.identity_images is not None:
+            if self.identity_images < 1:
+                raise ValueError(
+                    f"ScalingConfig.identity_images: expected >= 1, got {self.identity_images}"
+                )
+            if None in self.identity_sizes():
+                raise ValueError(
+                    f"ScalingConfig.identities: {ALL!r} has no fixed image budget; with "
+                    "--identity-images give numbers of people"
+                )
+            too_many = [n for n in self.identity_sizes() if n and n > self.identity_images]
+            if too_many:
+                raise ValueError(
+                    f"ScalingConfig.identities: {too_many} people cannot share "
+                    f"{self.identity_images} images (at least one each)"
+                )
 
     def image_sizes(self) -> list[int | None]:
         return parse_sizes(self.images, "images")

@@ -28,7 +28,13 @@ class SubsetConfig:
         default="", metadata={"help": "subset name (default: images-N / identities-N)"}
     )
     version: int | None = field(default=None, metadata={"help": "corpus version (default: latest)"})
-    images: int | None = field(default=None, metadata={"help": "number of images in the subset"})
+    images: int | None = field(
+        default=None,
+        metadata={
+            "help": "number of images in the subset; with --identities, the image budget shared "
+            "evenly by those people (people count and image count then vary independently)"
+        },
+    )
     identities: int | None = field(default=None, metadata={"help": "number of distinct people"})
     balance: Literal["gender", "region"] = field(
         default="gender", metadata={"help": "balance over gender, or over gender x region"}
@@ -83,13 +89,35 @@ def _gender_quota(capacity: dict[str, int], total: int, balance: str) -> dict[st
     return quota
 
 
+def _check_sizes(config: SubsetConfig) -> None:
+    if config.images is None and config.identities is None:
+        raise CorpusError("give --images N, --identities N, or both (N people sharing N images)")
+    for name in ("images", "identities"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise CorpusError(f"--{name} must be at least 1, got {value}")
+    both = config.images is not None and config.identities is not None
+    if both and config.images < config.identities:
+        raise CorpusError(
+            f"--images {config.images} cannot give each of --identities "
+            f"{config.identities} people at least one image"
+        )
+
+
 def choose_rows(table: pa.Table, config: SubsetConfig) -> np.ndarray:
-    """Indices of the chosen rows of a metadata table (deterministic for a seed)."""
-    if (config.images is None) == (config.identities is None):
-        raise CorpusError("give exactly one of --images N or --identities N")
+    """Indices of the chosen rows of a metadata table (deterministic for a seed).
+
+    ``images`` alone: that many images, gender-balanced. ``identities`` alone: every image of
+    that many people, gender-balanced. Both: that many people, each giving an equal share of
+    ``images`` (the first ``images % identities`` one more), chosen among people who have that
+    many images, so the number of people varies at a fixed number of images.
+    """
+    _check_sizes(config)
     rng = np.random.default_rng(config.seed)
     strata = _strata(table, config.balance)
     usable = np.array([s.split("|")[0] in BALANCED_GENDERS for s in strata])
+    if config.images is not None and config.identities is not None:
+        return _people_at_budget(table, config, strata, usable, rng)
     if config.images is not None:
         capacity = {s: int(np.sum((strata == s) & usable)) for s in set(strata[usable])}
         quota = _gender_quota(capacity, config.images, config.balance)
@@ -114,6 +142,46 @@ def choose_rows(table: pa.Table, config: SubsetConfig) -> np.ndarray:
     return np.flatnonzero(np.fromiter((p in picked for p in identity), bool, len(identity)))
 
 
+def _people_at_budget(
+    table: pa.Table,
+    config: SubsetConfig,
+    strata: np.ndarray,
+    usable: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``identities`` people (gender-balanced) with ``images // identities`` (+1) images each."""
+    people, share = config.identities, config.images // config.identities
+    extra = config.images - share * people
+    needed = share + (1 if extra else 0)
+    identity = np.asarray(table.column("identity").to_pylist(), dtype=object)
+    rows_of: dict[str, list[int]] = {}
+    stratum_of: dict[str, str] = {}
+    for row, (who, stratum, ok) in enumerate(zip(identity, strata, usable, strict=True)):
+        if ok:
+            rows_of.setdefault(who, []).append(row)
+            stratum_of.setdefault(who, stratum)
+    eligible = {who for who, rows in rows_of.items() if len(rows) >= needed}
+    capacity: dict[str, int] = {}
+    for who in eligible:
+        capacity[stratum_of[who]] = capacity.get(stratum_of[who], 0) + 1
+    try:
+        quota = _gender_quota(capacity, people, config.balance)
+    except CorpusError as error:
+        raise CorpusError(
+            f"{people} people with {needed} images each: only {len(eligible)} people have "
+            f"{needed} or more images ({error})"
+        ) from None
+    picked: list[str] = []
+    for stratum in sorted(quota):
+        members = sorted(who for who in eligible if stratum_of[who] == stratum)
+        picked += rng.permutation(np.array(members, dtype=object))[: quota[stratum]].tolist()
+    chosen = []
+    for k, who in enumerate(sorted(picked)):
+        count = share + (1 if k < extra else 0)
+        chosen.append(rng.permutation(np.array(rows_of[who]))[:count])
+    return np.sort(np.concatenate(chosen))
+
+
 def make_subset(config: SubsetConfig) -> SubsetEntry:
     manifest = load_manifest(config.corpus)
     version = config.version or manifest.latest
@@ -122,10 +190,10 @@ def make_subset(config: SubsetConfig) -> SubsetEntry:
     chosen = table.take(pa.array(rows, type=pa.int64())).select(
         ["content_hash", "identity", "split"]
     )
-    what = (
-        f"images-{config.images}"
-        if config.images is not None
-        else f"identities-{config.identities}"
+    what = "-".join(
+        f"{key}-{value}"
+        for key, value in (("identities", config.identities), ("images", config.images))
+        if value is not None
     )
     name = config.name or f"{what}-{config.balance}-seed{config.seed}-v{version}"
     root = Location.of(config.corpus)
