@@ -115,6 +115,7 @@ def check_demo_runs(url: str, result: Any) -> None:
         assert tags(parent)["facs.init"] == arm
         assert tags(parent)["mlflow.parentRunId"] == result.compare_run_id
         assert 0.0 <= metrics(parent)["test_pooled_f1_mean"] <= 1.0
+        assert "labeler_f1_mean" in metrics(parent)  # the labeler, scored on the same frames
         children = [r for r in runs if tags(r).get("mlflow.parentRunId") == parent_id]
         assert sorted(int(tags(r)["facs.fold"]) for r in children) == [1, 2, 3]
         for child in children:

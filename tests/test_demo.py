@@ -51,13 +51,21 @@ def test_tiny_demo_leaves_every_run_and_both_models_in_the_mlflow_server(tiny_de
 
 def test_tiny_demo_prints_progress_table3_and_how_to_open_the_runs(tiny_demo):
     result, output, url, folder = tiny_demo
-    assert "takes about 1.5 minutes" in output
+    assert f"takes about {SCALES['tiny'].minutes_on_2_cores:g} minutes" in output
     for index in range(1, 7):
         assert f"[demo {index}/6 +" in output
     assert output.count("done in") >= 6
     assert "Table III" in output
     assert "| VGG13 pre-trained (this run) |" in output
     assert "| VGG13 from scratch (this run) |" in output
+    assert "| OpenFace 2.0 (measured here) |" in output
+    assert "| OpenFace 2.0 (paper) | 41.9 |" in output
+    claims = [line for line in output.splitlines() if line.startswith("[demo] claim:")]
+    assert len(claims) == 2 and result.claims == [c[len("[demo] ") :] for c in claims]
+    f1 = result.f1_8au_fold_mean
+    assert set(f1) == {"pretrained", "scratch", "labeler"}
+    margin = f1["pretrained"] - f1["scratch"]
+    assert f"by {margin:+.1f} F1" in claims[0]
     assert f"{url}/#/experiments/{result.experiment_id}" in output
     assert result.compare_run_id in output and result.pretrain_run_id in output
     work = folder / "work"
@@ -132,7 +140,7 @@ def test_the_ui_hint_for_a_local_store_names_the_command_and_the_runs(tmp_path):
         arm_run_ids={"scratch": "s1", "pretrained": "t1"},
         registered={PRETRAINED_MODEL: "1", DISFA_MODEL: "2"},
         table3="",
-        mean_f1={},
+        f1_8au_fold_mean={},
     )
     hint = mlflow_ui_hint(result)
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in hint
