@@ -1,0 +1,255 @@
+"""The paper's three claims, measured with seeds through the real CLI, on the synthetic worlds.
+
+Per seed (a new celeb world, DISFA world, subsets and initialisation each time):
+
+1. ``facs synth celeb`` (a long-tailed world: a few people with many photos, many with few, as in
+   MS-Celeb; noisy OpenFace-style labels) and ``facs synth disfa`` (27 subjects, sessions at a
+   stride, the same labeler's OpenFace CSVs), then ``facs corpus build``;
+2. claim (c), scaling: ``facs experiment scaling`` with a fixed optimizer-step budget per point,
+   images spanning >= 10x, and people at a fixed image budget; each point is evaluated with the
+   scaling experiment's fine-tuning settings (``--point-eval``: a full fine-tune, or the declared
+   cheaper linear probe of the frozen pre-trained features);
+3. claims (a) and (b): ``facs finetune --compare-init`` from the largest point's pre-trained
+   weights: pre-trained vs. scratch under identical folds, seeds and budget, with the labeler
+   scored on exactly the same test frames (``--labeler-openface``).
+
+Every F1 is in %, over the paper's 8 AUs, per fold then averaged over folds (n/a cells left out).
+Writes ``benchmarks/results/claims.json`` (the command line, the seeds, every per-seed value,
+means, spreads, Spearman's rho, the commands each seed ran) and prints each claim's verdict.
+
+    python benchmarks/claims.py                      # the full run (3 seeds), <= 60 min alone
+    python benchmarks/claims.py --seeds 0 --quick    # a smoke run of the whole path (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "claims.json"
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rho of two sequences without ties; None below 3 points."""
+    if len(xs) < 3:
+        return None
+    rx = np.argsort(np.argsort(xs)).astype(float)
+    ry = np.argsort(np.argsort(ys)).astype(float)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+class Runner:
+    """Runs ``facs`` commands (``python -m cluster.cli``), logs them, records their command lines."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.commands: list[str] = []
+
+    def facs(self, *args: str) -> None:
+        command = [sys.executable, "-m", "cluster.cli", *args]
+        text = "facs " + " ".join(shlex.quote(a) for a in args)
+        self.commands.append(text)
+        print(f"[claims] {text}", flush=True)
+        started = time.perf_counter()
+        with open(self.log, "a") as handle:
+            handle.write(f"\n$ {text}\n")
+            handle.flush()
+            done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise SystemExit(f"[claims] failed ({done.returncode}): {text}; see {self.log}")
+        print(f"[claims]   done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def fold_mean_f1(summary: dict, row: str) -> float:
+    """F1 (%) over the paper's 8 AUs, per fold then averaged, from a finetune summary.json."""
+    return 100.0 * summary[row]["fold_mean"]["f1_mean_paper8"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--tiers", default="30x100,90x20,280x5", help="the celeb world's people")
+    parser.add_argument("--wild-noise", type=float, default=0.5)
+    parser.add_argument("--label-noise", type=float, default=1.0)
+    parser.add_argument("--disfa-frames", type=int, default=108)
+    parser.add_argument("--images", default="600,2000,all", help="the images axis (>= 10x)")
+    parser.add_argument("--identities", default="20,100,400", help="the people axis")
+    parser.add_argument("--identity-images", type=int, default=2000, help="its fixed budget")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="per scaling point")
+    parser.add_argument("--compare-pretrain-steps", type=int, default=0,
+                        help="steps of the (a)/(b) pre-training; 0 = the scaling 'all' point's")  # fmt: skip
+    parser.add_argument(
+        "--point-eval", choices=["probe", "finetune"], default="probe",
+        help="per scaling point: a linear probe (frozen backbone, declared) or the full fine-tune",
+    )  # fmt: skip
+    parser.add_argument("--finetune-epochs", type=int, default=12)
+    parser.add_argument("--finetune-patience", type=int, default=4)
+    parser.add_argument("--probe-epochs", type=int, default=8)
+    parser.add_argument("--concurrent", type=int, default=2, help="scaling points run at once")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the path only")
+    parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.tiers, args.disfa_frames = "6x40,10x8,16x4", 12
+        args.images, args.identities, args.identity_images = "60,200,all", "6,10,16", 160
+        args.pretrain_steps, args.finetune_epochs, args.probe_epochs = 4, 1, 1
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    work_dir = tempfile.TemporaryDirectory(prefix="facs-claims-")
+    work = Path(args.work or work_dir.name)
+    work.mkdir(parents=True, exist_ok=True)
+    runner = Runner(work / "claims.log")
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    per_seed = []
+    cpus_per_worker = "0.5" if args.concurrent > 1 else "1"
+    shared_finetune = [
+        "--finetune-model-width", str(args.width),
+        "--finetune-cpus-per-worker", cpus_per_worker,
+    ]  # fmt: skip
+    for seed in seeds:
+        root = work / f"seed{seed}"
+        celeb, disfa, corpus = root / "celeb", root / "disfa", root / "corpus"
+        mlflow = f"sqlite:///{root / 'mlflow.db'}"
+        seed_started = time.perf_counter()
+        runner.facs("synth", "celeb", "--out", str(celeb), "--tiers", args.tiers,
+                    "--seed", str(seed), "--noise", str(args.label_noise),
+                    "--wild-noise", str(args.wild_noise), "--use-ray")  # fmt: skip
+        runner.facs("synth", "disfa", "--out", str(disfa), "--seed", str(100 + seed),
+                    "--frames", str(args.disfa_frames), "--noise", str(args.label_noise),
+                    "--use-ray")  # fmt: skip
+        runner.facs("corpus", "build", "--corpus", str(corpus),
+                    "--tsv", str(celeb / "FaceImageCroppedWithAlignment.tsv"),
+                    "--labels-openface-images", str(celeb / "openface"),
+                    "--bios", str(celeb / "Bios"))  # fmt: skip
+        disfa_args = ["--disfa", str(disfa), "--disfa-cache", str(root / "disfa-cache")]
+        probe = (
+            ["--finetune-freeze-blocks", "4", "--finetune-freeze-classifier",
+             "--finetune-max-epochs", str(args.probe_epochs), "--finetune-patience", "0"]
+            if args.point_eval == "probe"
+            else ["--finetune-max-epochs", str(args.finetune_epochs),
+                  "--finetune-patience", str(args.finetune_patience)]
+        )  # fmt: skip
+        runner.facs("experiment", "scaling", "--corpus", str(corpus), *disfa_args,
+                    "--images", args.images, "--identities", args.identities,
+                    "--identity-images", str(args.identity_images),
+                    "--pretrain-steps", str(args.pretrain_steps),
+                    "--pretrain-model-width", str(args.width),
+                    "--pretrain-seed", str(seed), "--finetune-seed", str(seed),
+                    "--subset-seed", str(seed), "--concurrent", str(args.concurrent),
+                    "--pretrain-cpus-per-worker", cpus_per_worker,
+                    *shared_finetune, *probe,
+                    "--output", str(root / "runs"), "--run-name", "scaling",
+                    "--mlflow-uri", mlflow)  # fmt: skip
+        scaling = json.loads((root / "runs" / "scaling" / "report" / "scaling.json").read_text())
+        points = {p["key"]: p for p in scaling["points"]}
+        largest = points["all"]
+        runner.facs("finetune", *disfa_args, "--pretrained", largest["pretrain_checkpoint"],
+                    "--compare-init", "--labeler-openface", str(disfa / "OpenFace"),
+                    "--model-width", str(args.width), "--seed", str(seed),
+                    "--max-epochs", str(args.finetune_epochs),
+                    "--patience", str(args.finetune_patience),
+                    "--concurrent-folds", "2", "--cpus-per-worker", "1",
+                    "--storage-path", str(root / "runs" / "compare"), "--run-name", "compare",
+                    "--mlflow-uri", mlflow, "--register-as", "")  # fmt: skip
+        compare = json.loads((root / "runs/compare/compare/report/summary.json").read_text())
+        axes = {}
+        for axis in ("images", "identities"):
+            chosen = sorted((p for p in scaling["points"] if axis in p["axes"]),
+                            key=lambda p: p["images" if axis == "images" else "people"])  # fmt: skip
+            axes[axis] = {
+                "sizes": [p["images" if axis == "images" else "people"] for p in chosen],
+                "images": [p["images"] for p in chosen],
+                "people": [p["people"] for p in chosen],
+                "f1": [round(100 * p["f1_mean_paper8"], 2) for p in chosen],
+            }
+        per_seed.append(
+            {
+                "seed": seed,
+                "pretrained": round(fold_mean_f1(compare, "VGG13 pre-trained (this run)"), 2),
+                "scratch": round(fold_mean_f1(compare, "VGG13 from scratch (this run)"), 2),
+                "labeler": round(fold_mean_f1(compare, "OpenFace 2.0 (measured here)"), 2),
+                "scaling": axes,
+                "seconds": round(time.perf_counter() - seed_started, 1),
+            }
+        )
+        print(f"[claims] seed {seed}: {json.dumps(per_seed[-1])}", flush=True)
+
+    def series(key: str) -> list[float]:
+        return [s[key] for s in per_seed]
+
+    scaling_out = {}
+    for axis, name in (("images", "images"), ("identities", "people")):
+        sizes = per_seed[0]["scaling"][axis]["sizes"]
+        f1 = [[s["scaling"][axis]["f1"][k] for s in per_seed] for k in range(len(sizes))]
+        means = [float(np.mean(v)) for v in f1]
+        scaling_out[name] = {
+            "sizes": sizes,
+            "f1": f1,
+            "f1_mean": [round(m, 2) for m in means],
+            "f1_spread": [[min(v), max(v)] for v in f1],
+            "spearman_mean_vs_size": spearman(sizes, means),
+            "spearman_per_seed": [
+                spearman(sizes, [s["scaling"][axis]["f1"][k] for k in range(len(sizes))])
+                for s in per_seed
+            ],
+            "rises_at_every_step_in_the_mean": bool(
+                all(b > a for a, b in zip(means, means[1:], strict=False))
+            ),
+            "per_seed_images": [s["scaling"][axis]["images"] for s in per_seed],
+            "per_seed_people": [s["scaling"][axis]["people"] for s in per_seed],
+        }
+    pre, scratch, labeler = series("pretrained"), series("scratch"), series("labeler")
+    results = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "question": "the paper's claims on the synthetic worlds: (a) pre-training helps, (b) "
+        "the student beats its noisy labeler, (c) F1 rises with pre-training images and people",
+        "metric": "F1 (%) at 0.5 over the paper's 8 AUs, per fold then averaged over folds",
+        "seeds": seeds,
+        "settings": vars(args),
+        "pretrained_vs_scratch": {
+            "pretrained": pre,
+            "scratch": scratch,
+            "margin_per_seed": [round(p - s, 2) for p, s in zip(pre, scratch, strict=True)],
+            "pretrained_ahead_in_every_seed": all(p > s for p, s in zip(pre, scratch, strict=True)),
+        },
+        "pretrained_vs_labeler": {
+            "pretrained": pre,
+            "labeler": labeler,
+            "margin_mean": round(float(np.mean(pre) - np.mean(labeler)), 2),
+            "pretrained_ahead_in_the_mean": bool(np.mean(pre) > np.mean(labeler)),
+        },
+        "scaling": scaling_out,
+        "per_seed": per_seed,
+        "commands": runner.commands,
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+    print(json.dumps({k: results[k] for k in ("pretrained_vs_scratch", "pretrained_vs_labeler",
+                                              "scaling", "wall_minutes")}, indent=2))  # fmt: skip
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
