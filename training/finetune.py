@@ -1034,7 +1034,7 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     """
     check_cross_validation(config)
     arms = config.inits()
-    default_storage = config.storage_path is None
+    default_storage = not config.storage_path
     config = replace(config, storage_path=storage_uri(config))
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
     ensure_ray()

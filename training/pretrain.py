@@ -277,7 +277,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     """
     facts = check_pretraining(config)
     fail_at_epoch = fail_epoch(config)
-    default_storage = config.storage_path is None
+    default_storage = not config.storage_path
     config = replace(config, storage_path=storage_uri(config))
     root = Location.of(config.storage_path)
     name, record = choose_run(config, root)

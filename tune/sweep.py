@@ -242,7 +242,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     check_sweep(config)
     base = dataclasses.replace(config.finetune, compare_init=False)
     default = config.default_point() if config.include_defaults else None
-    default_storage = config.storage_path is None
+    default_storage = not config.storage_path
     config = dataclasses.replace(config, storage_path=storage_uri(config))
     tracking_uri = resolve_tracking_uri(config.mlflow_uri or base.mlflow_uri)
     ensure_ray()
