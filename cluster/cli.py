@@ -43,18 +43,19 @@ def _load(args: argparse.Namespace):
 
 
 def _corpus_build(args: argparse.Namespace, append: bool) -> int:
-    from pipeline.corpus.build import build_version
+    config = _load(args)  # before the heavy imports: a bad option is reported at once
+    from pipeline.corpus.build import build_version, check_build
 
-    config = _load(args)
-    ensure_ray(args.ray_address, progress_bars=True)
+    check_build(config, append=append)
     labeler = None
-    if config.label_model:
+    if config.label_model:  # loaded before Ray starts: a model that cannot be read is refused first
         from training.model_labeler import ModelLabeler
 
         labeler = ModelLabeler.from_source(
             config.label_model, config.mlflow_uri, threshold=config.label_threshold
         )
         print(f"labelling with {labeler.name} (AUs: {', '.join(labeler.weights.au_names)})")
+    ensure_ray(args.ray_address, progress_bars=True)
     entry = build_version(config, append=append, labeler=labeler)
     print(
         f"corpus {config.corpus} version {entry.version}: {entry.rows_read} rows read = "
@@ -68,14 +69,15 @@ def _corpus_stats(args: argparse.Namespace) -> int:
     from pipeline.corpus.stats import corpus_stats, format_stats
 
     stats = corpus_stats(args.corpus, args.version)
-    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    print(json.dumps(stats, indent=2, allow_nan=False) if args.json else format_stats(stats))
     return 0
 
 
 def _corpus_subset(args: argparse.Namespace) -> int:
+    config = _load(args)
     from pipeline.corpus.subset import make_subset
 
-    entry = make_subset(_load(args))
+    entry = make_subset(config)
     print(
         f"subset {entry.name}: {entry.images} images of {entry.identities} people (version {entry.version})"
     )
@@ -97,9 +99,10 @@ def _synth(args: argparse.Namespace, world: str) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from training.pretrain import run_pretraining
-
     config = _load(args)
+    from training.pretrain import check_pretraining, run_pretraining
+
+    check_pretraining(config)
     ensure_ray(args.ray_address, progress_bars=True)
     result = run_pretraining(config)
     print(result)
@@ -107,9 +110,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from training.finetune import run_cross_validation
-
     config = _load(args)
+    from training.finetune import check_cross_validation, run_cross_validation
+
+    check_cross_validation(config)
     ensure_ray(args.ray_address, progress_bars=True)
     result = run_cross_validation(config)
     print(result.table3)
@@ -127,11 +131,12 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from training.predict import run_predict
-
     if args.input_paths:
         args.cfg__inputs = [*getattr(args, "cfg__inputs", []), *args.input_paths]
     config = _load(args)
+    from training.predict import check_predict, run_predict
+
+    check_predict(config)
     ensure_ray(args.ray_address, progress_bars=True)
     summary = run_predict(config)
     rejects = ", ".join(f"{k}: {v}" for k, v in summary.rejects.items()) or "none"

@@ -36,6 +36,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
     state = up(config)
     print(f"Ray dashboard / Jobs API  {state.dashboard_url}  (token auth, 127.0.0.1 only)")
     print(f"MLflow UI / tracking      {state.mlflow_url}  (artifacts: {state.artifact_root})")
+    print(f"runs of jobs (default)    {state.storage_root}  (FACS_STORAGE_ROOT)")
     print(f"logs                      {state.run_dir}/logs")
     print("Submit with `facs submit STAGE ...`, or point other clients at it with:")
     print("\n".join("  " + line for line in client_env_lines(state)))
@@ -77,10 +78,12 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _target(args: argparse.Namespace, mlflow_uri: str | None = None):
+def _target(
+    args: argparse.Namespace, mlflow_uri: str | None = None, storage_root: str | None = None
+):
     from cluster.submit import resolve_target
 
-    return resolve_target(args.address, args.run_dir, mlflow_uri)
+    return resolve_target(args.address, args.run_dir, mlflow_uri, storage_root)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def _submit(args: argparse.Namespace) -> int:
     if stage_args[:1] == ["--"]:
         stage_args = stage_args[1:]
     _, code = submit(
-        _target(args, args.mlflow_uri),
+        _target(args, args.mlflow_uri, args.storage_root),
         stage_args,
         working_dir=args.working_dir,
         runtime_env_file=args.runtime_env,
@@ -163,6 +166,13 @@ def register(stages) -> None:
         default=None,
         help="MLflow tracking URI for the job (default: "
         "MLFLOW_TRACKING_URI or the local cluster's server)",
+    )
+    submit.add_argument(
+        "--storage-root",
+        default=None,
+        help="FACS_STORAGE_ROOT for the job: where its runs, checkpoints and reports go when the "
+        "stage's own --storage-path/--output/--out is not given (default: FACS_STORAGE_ROOT or "
+        "the local cluster's <run-dir>/runs)",
     )
     submit.add_argument(
         "--working-dir", default=str(PROJECT_ROOT), help="folder uploaded as the job's working dir"

@@ -23,14 +23,12 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
 import pyarrow.fs as pafs
@@ -81,13 +79,8 @@ def tracking_uri_for(config: DemoConfig) -> str:
     """``--mlflow-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store in a local folder."""
     from training.tracking import resolve_tracking_uri
 
-    uri = config.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return resolve_tracking_uri(uri)
     folder = config.local_dir or ("./facs-demo-mlflow" if is_s3(config.workdir) else config.workdir)
-    path = Path(folder).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path / 'mlflow.db'}"
+    return resolve_tracking_uri(config.mlflow_uri, default_dir=folder)
 
 
 def _entries(root: Location) -> list[str]:

@@ -29,9 +29,10 @@ def config_from_args(args: argparse.Namespace) -> ScalingConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tune.scaling import run_scaling
-
     config = config_from_args(args)
+    from tune.scaling import check_scaling, run_scaling
+
+    check_scaling(config)
     ensure_ray(args.ray_address, progress_bars=True)
     result = run_scaling(config)
     for axis in ("images", "identities"):

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from cluster.auth import TOKEN_ENV, TokenError, ensure_token_file, read_token_file, token_auth_env
+from pipeline.run_storage import STORAGE_ROOT_ENV
 
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
@@ -68,6 +69,13 @@ class LocalClusterConfig:
             "(default: <run_dir>/mlartifacts)"
         },
     )
+    storage_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "where jobs put runs, checkpoints and reports by default (FACS_STORAGE_ROOT): "
+            "a folder or s3://bucket/prefix (default: <run_dir>/runs); kept by `down`"
+        },
+    )
     num_cpus: int | None = field(
         default=None, metadata={"help": "CPUs the Ray head offers (default: all)"}
     )
@@ -101,6 +109,8 @@ class ClusterState:
     artifact_root: str
     backend_store_uri: str
     started_at: float
+    #: FACS_STORAGE_ROOT of the cluster's jobs (empty in state files of older versions).
+    storage_root: str = ""
 
     @property
     def dashboard_url(self) -> str:
@@ -357,6 +367,10 @@ def up(config: LocalClusterConfig) -> ClusterState:
     if "://" not in artifact_root:
         artifact_root = str(Path(artifact_root).expanduser().resolve())
         Path(artifact_root).mkdir(parents=True, exist_ok=True)
+    storage_root = config.storage_root or str(run_dir / "runs")
+    if "://" not in storage_root:
+        storage_root = str(Path(storage_root).expanduser().resolve())
+        Path(storage_root).mkdir(parents=True, exist_ok=True)
     backend_uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     cluster_id = uuid.uuid4().hex
     env = _service_env(cluster_id, token_path)
@@ -365,8 +379,10 @@ def up(config: LocalClusterConfig) -> ClusterState:
     mlflow_url = f"http://{HOST}:{config.mlflow_port}"
     ray_env = {
         **env,
-        # Jobs on this cluster log to its MLflow server unless their runtime env says otherwise.
+        # Jobs on this cluster log to its MLflow server and keep their runs under its run
+        # storage, unless their runtime env says otherwise (never in a job's working dir).
         "MLFLOW_TRACKING_URI": mlflow_url,
+        STORAGE_ROOT_ENV: storage_root,
         # Ray swaps a 127.0.0.1 node address for the machine's routable IP unless it runs as a
         # single-machine cluster (its switch for laptops): keep every Ray port on loopback.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -392,6 +408,7 @@ def up(config: LocalClusterConfig) -> ClusterState:
         artifact_root=artifact_root,
         backend_store_uri=backend_uri,
         started_at=time.time(),
+        storage_root=storage_root,
     )
     state.save()  # before waiting, so `down` can clean up whatever did start
     try:
@@ -446,7 +463,7 @@ def down(run_dir: str | Path, grace_s: float = 5.0) -> list[int]:
 
     SIGTERM first, SIGKILL after ``grace_s``: Ray's drain on SIGTERM can take half a minute and
     a local head keeps nothing worth draining. The state file and the token are removed (a new
-    `up` makes a new token); logs, the MLflow store and artifacts stay.
+    `up` makes a new token); logs, the MLflow store, artifacts and the jobs' run storage stay.
     """
     run_dir = Path(run_dir).expanduser().resolve()
     state = ClusterState.load(run_dir)
@@ -477,10 +494,12 @@ def status(run_dir: str | Path) -> tuple[ClusterState, dict[str, dict]]:
 
 
 def client_env_lines(state: ClusterState) -> list[str]:
-    """Shell lines that point `ray job ...` and MLflow clients at this cluster (token path only)."""
+    """Shell lines that point `ray job ...`, MLflow clients and facs stages at this cluster
+    (token path only)."""
     return [
         f"export RAY_ADDRESS={state.dashboard_url}",
         "export RAY_AUTH_MODE=token",
         f"export RAY_AUTH_TOKEN_PATH={state.token_path}",
         f"export MLFLOW_TRACKING_URI={state.mlflow_url}",
+        *([f"export {STORAGE_ROOT_ENV}={state.storage_root}"] if state.storage_root else []),
     ]

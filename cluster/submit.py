@@ -25,12 +25,15 @@ import yaml
 from cluster.auth import AuthToken, resolve_token
 from cluster.local_cluster import ClusterError, ClusterState
 from pipeline.environment import environment
+from pipeline.run_storage import STORAGE_ROOT_ENV
 
 RUNTIME_ENV_FILE = Path(__file__).with_name("runtime_env.yaml")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Non-secret settings a stage needs on the cluster, passed when set here.
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    STORAGE_ROOT_ENV,
     "MLFLOW_EXPERIMENT_NAME",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
@@ -56,12 +59,14 @@ class SubmitError(RuntimeError):
 
 @dataclass(frozen=True)
 class JobTarget:
-    """The Jobs API to talk to, the token to show it, and the MLflow server jobs should log to."""
+    """The Jobs API to talk to, the token to show it, the MLflow server jobs should log to, and
+    the run storage they keep their runs and checkpoints in."""
 
     address: str
     token: AuthToken | None
     mlflow_uri: str | None
     local_cluster: ClusterState | None = None
+    storage_root: str | None = None
 
 
 def _http(address: str) -> str:
@@ -70,11 +75,16 @@ def _http(address: str) -> str:
 
 
 def resolve_target(
-    address: str | None = None, run_dir: str | Path = ".facs-cluster", mlflow_uri: str | None = None
+    address: str | None = None,
+    run_dir: str | Path = ".facs-cluster",
+    mlflow_uri: str | None = None,
+    storage_root: str | None = None,
 ) -> JobTarget:
     """Where jobs go: ``address``, else RAY_API_SERVER_ADDRESS / an http RAY_ADDRESS, else the
     local cluster recorded in ``run_dir``; the token from Ray's standard sources (the local
-    cluster's token file when the target is that cluster)."""
+    cluster's token file when the target is that cluster). The MLflow server and the run storage
+    jobs get: the arguments, else MLFLOW_TRACKING_URI / FACS_STORAGE_ROOT here, else the local
+    cluster's."""
     state = None
     with contextlib.suppress(ClusterError):
         state = ClusterState.load(Path(run_dir).expanduser().resolve())
@@ -96,7 +106,12 @@ def resolve_target(
     mlflow_uri = (
         mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or (state.mlflow_url if state else None)
     )
-    return JobTarget(address, token, mlflow_uri, state)
+    storage_root = (
+        storage_root
+        or os.environ.get(STORAGE_ROOT_ENV)
+        or (state.storage_root if state and state.storage_root else None)
+    )
+    return JobTarget(address, token, mlflow_uri, state, storage_root)
 
 
 def job_client(target: JobTarget):
@@ -152,6 +167,8 @@ def build_runtime_env(
     env_vars.update({name: os.environ[name] for name in names if os.environ.get(name)})
     if target.mlflow_uri:
         env_vars["MLFLOW_TRACKING_URI"] = target.mlflow_uri
+    if target.storage_root:
+        env_vars[STORAGE_ROOT_ENV] = target.storage_root
     runtime_env["env_vars"] = env_vars
     return runtime_env
 
@@ -231,6 +248,8 @@ def submit(
     print(f"facs: submitted job {job_id} to {target.address} ({auth}): {entrypoint}", file=out)
     if target.mlflow_uri:
         print(f"facs: the job logs to MLflow at {target.mlflow_uri}", file=out)
+    if target.storage_root:
+        print(f"facs: the job keeps its runs under {target.storage_root} by default", file=out)
     out.flush()
     if not wait:
         return job_id, None

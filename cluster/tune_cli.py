@@ -15,9 +15,10 @@ HELP = (
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tune.sweep import run_sweep
-
     config = load_config(args.config_class, args.config, overrides_from_args(args))
+    from tune.sweep import check_sweep, run_sweep
+
+    check_sweep(config)
     ensure_ray(args.ray_address, progress_bars=True)
     result = run_sweep(config)
     return 3 if result.interrupted else 0

@@ -6,6 +6,9 @@ import pyarrow as pa
 
 from pipeline.vocabulary import OPENFACE_AUS
 
+#: The ``label_source`` of a corpus row stored without AU labels (no label source was given).
+UNLABELLED = "none"
+
 #: A label table maps an image name to its 17 AU presence bits. Every label reader returns one.
 #: One row per labelled image; ``label_reject`` is set (and the AU columns null) when the label row
 #: exists but cannot be used (OpenFace ``success == 0``, low confidence, NaN/non-binary values).

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.corpus.manifest import Manifest, VersionEntry, now_iso, save_manifest
-from pipeline.schema import CORPUS_SCHEMA
+from pipeline.schema import CORPUS_SCHEMA, UNLABELLED
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 
 #: First row of AU k's band is ``BAND_TOP + BAND_PITCH * k``; each band is ``BAND_HEIGHT`` rows.
@@ -65,11 +65,14 @@ def make_corpus(
     val_every: int = 5,
     label_noise: float = 0.1,
     seed: int = 0,
+    labelled: bool = True,
 ) -> CorpusFixture:
     """Write version 1 of a corpus of ``images`` labelled faces to ``root`` and return its facts.
 
     Identity ``i`` is in the validation split when ``i % val_every == 0`` (20% by default: more
     than the real corpus's 5%, so that a few hundred images still give a usable validation set).
+    ``labelled=False`` stores every row as a build without label sources does: no AU labels,
+    ``label_source`` "none".
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -95,8 +98,11 @@ def make_corpus(
             "split": [str(splits[i]) for i in rows],
             "face": [faces[i].tobytes() for i in rows],
             "face_box": [[0, 0, FACE_SIZE, FACE_SIZE]] * len(rows),
-            **{au: labels[rows, k] for k, au in enumerate(OPENFACE_AUS)},
-            "label_source": ["release_csv"] * len(rows),
+            **{
+                au: labels[rows, k] if labelled else pa.nulls(len(rows), pa.int8())
+                for k, au in enumerate(OPENFACE_AUS)
+            },
+            "label_source": [("release_csv" if labelled else UNLABELLED)] * len(rows),
             "source": [f"fixture:{i}" for i in rows],
             "reject_reason": [None] * len(rows),
         }

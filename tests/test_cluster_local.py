@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import free_port
+from corpus_fixture import make_corpus
+from mlflow_helpers import rest
 
 from cluster import cluster_cli
 from cluster.cli import build_parser
@@ -32,6 +34,15 @@ from cluster.local_cluster import (
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+#: The smallest pre-training that still runs every step: one batch of training, one of validation
+#: (the pixel mean given, which saves a pass over the corpus; the demo's job computes its own).
+TINY_PRETRAIN = ["--model-width", "0.125", "--max-epochs", "1", "--batches-per-epoch", "1"]
+TINY_PRETRAIN += ["--val-batches", "1", "--batch-size", "8", "--shuffle-buffer", "0"]
+TINY_PRETRAIN += ["--pixel-mean", "0.5"]
+#: What the jobs below left on the cluster's run storage (checked again after `cluster down`).
+KEPT: dict[str, Path] = {}
+#: Models the jobs registered, by stage (the fine-tuning job starts from the pre-trained one).
+MODELS: dict[str, str] = {}
 
 
 def facs(argv: list[str]) -> int:
@@ -190,6 +201,7 @@ def test_jobs_api_refuses_requests_without_the_token(cluster, monkeypatch, tmp_p
 def test_submit_runs_a_stage_streams_its_logs_and_exits_0(cluster, monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FACS_STORAGE_ROOT", raising=False)
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-forward-me")
     argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "ok-job", "corpus", "--help"]
@@ -205,6 +217,7 @@ def test_submit_runs_a_stage_streams_its_logs_and_exits_0(cluster, monkeypatch, 
     info = job_client(resolve_target(None, cluster.run_dir)).get_job_info("ok-job")
     env_vars = info.runtime_env["env_vars"]
     assert env_vars["MLFLOW_TRACKING_URI"] == cluster.mlflow_url
+    assert env_vars["FACS_STORAGE_ROOT"] == cluster.storage_root == f"{cluster.run_dir}/runs"
     assert env_vars["AWS_REGION"] == "eu-west-1"
     assert "AWS_SECRET_ACCESS_KEY" not in env_vars
     assert "do-not-forward-me" not in json.dumps(info.runtime_env)
@@ -232,21 +245,176 @@ def test_the_tiny_demo_runs_as_a_ray_job_and_leaves_its_runs_in_the_clusters_mlf
     check_demo_runs(cluster.mlflow_url, argparse.Namespace(**summary))
 
 
-def test_the_readme_ray_job_submit_command_works_with_the_printed_environment(cluster):
-    """`eval "$(facs cluster status | grep ^export)"; ray job submit --working-dir . ...`"""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> str:
+    """A labelled corpus on this machine's disk (where the local cluster's jobs read it)."""
+    return make_corpus(tmp_path_factory.mktemp("cluster-corpus") / "corpus", images=64).uri
+
+
+def finished_run(url: str, experiment: str, run_name: str) -> dict:
+    """The one run of ``experiment`` tagged ``facs.run_name = run_name``, through the REST API."""
+    try:
+        found = rest(url, "experiments/get-by-name", experiment_name=experiment)["experiment"]
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"no experiment {experiment!r} on the cluster's MLflow server {url}: {error}")
+    body = {"experiment_ids": [found["experiment_id"]], "max_results": 50}
+    body["filter"] = f"tags.`facs.run_name` = '{run_name}'"
+    runs = rest(url, "runs/search", body).get("runs", [])
+    assert len(runs) == 1, runs
+    assert runs[0]["info"]["status"] == "FINISHED"
+    return runs[0]
+
+
+def metric_names(run: dict) -> set[str]:
+    return {metric["key"] for metric in run["data"].get("metrics", [])}
+
+
+def registered_version_of(url: str, name: str, run_id: str) -> dict:
+    """The registered version of model ``name`` that run ``run_id`` logged."""
+    versions = rest(url, "model-versions/search", filter=f"name='{name}' and run_id='{run_id}'")
+    assert len(versions.get("model_versions", [])) == 1, versions
+    return versions["model_versions"][0]
+
+
+def kept_under(folder: Path, cluster: ClusterState) -> None:
+    """``folder`` exists under the cluster's run storage, far from any job's working dir."""
+    assert folder.is_dir(), f"{folder} is missing"
+    assert folder.resolve().is_relative_to(Path(cluster.storage_root).resolve())
+    assert not folder.resolve().is_relative_to(Path(cluster.ray_temp_dir).resolve())
+    assert "runtime_resources" not in folder.resolve().parts
+
+
+def test_submitted_pretraining_logs_to_the_clusters_mlflow_and_keeps_its_checkpoints(
+    cluster, tiny_corpus, monkeypatch, capsys
+):
+    """No --mlflow-uri, no --storage-path: the run and the model go to the cluster's MLflow
+    server, the checkpoints to its run storage (FACS_STORAGE_ROOT), not the job's working dir."""
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "FACS_STORAGE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "pretrain-job", "pretrain"]
+    argv += ["--corpus", tiny_corpus, "--run-name", "job-pretrain", *TINY_PRETRAIN]
+    assert facs(argv) == 0, capsys.readouterr().out[-3000:]
+    assert "SUCCEEDED" in capsys.readouterr().out
+
+    run = finished_run(cluster.mlflow_url, "facs-pretrain", "job-pretrain")
+    assert {"train_loss", "val_loss", "final_best_val_loss"} <= metric_names(run)
+    params = {param["key"]: param["value"] for param in run["data"]["params"]}
+    run_dir = Path(cluster.storage_root) / "pretrain" / "job-pretrain"
+    assert params["storage_path"] == str(run_dir.parent)
+    version = registered_version_of(
+        cluster.mlflow_url, "facs-vgg13-pretrained", run["info"]["run_id"]
+    )
+    checkpoint = Path({t["key"]: t["value"] for t in version["tags"]}["checkpoint"])
+    assert checkpoint.parent == run_dir and (run_dir / "facs_run.json").is_file()
+    kept_under(checkpoint, cluster)
+    KEPT["pretrain checkpoint"] = checkpoint
+    MODELS["pretrain"] = f"models:/facs-vgg13-pretrained/{version['version']}"
+
+
+def test_submitted_finetuning_from_the_registered_model_keeps_runs_model_and_checkpoints(
+    cluster, tmp_path_factory, monkeypatch, capsys
+):
+    """The job loads the pre-training job's registered model through the cluster's MLflow
+    server, logs the CV parent and its fold run there, registers the DISFA model, and keeps
+    the fold checkpoints and the report in the run storage."""
+    from pipeline.synth.disfa_world import generate_disfa
+
+    if "pretrain" not in MODELS:
+        pytest.skip("needs the pre-training job's registered model")
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "FACS_STORAGE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    folder = tmp_path_factory.mktemp("cluster-disfa")
+    world = generate_disfa(str(folder / "world"), subjects=6, frames=20, seed=3)
+    argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "finetune-job", "finetune"]
+    argv += ["--disfa", world.out, "--disfa-cache", str(folder / "cache")]
+    argv += ["--pretrained", MODELS["pretrain"]]
+    argv += ["--val-subjects", "1", "--only-folds", "1", "--max-epochs", "1"]
+    argv += ["--batches-per-epoch", "1", "--batch-size", "8", "--no-plots"]
+    argv += ["--run-name", "job-finetune"]
+    assert facs(argv) == 0, capsys.readouterr().out[-3000:]
+    assert "LP-Net" in capsys.readouterr().out  # Table III, printed by the job
+
+    url = cluster.mlflow_url
+    parent = finished_run(url, "facs-finetune", "job-finetune")
+    assert (
+        0.0
+        <= {m["key"]: m["value"] for m in parent["data"]["metrics"]}["test_pooled_f1_mean"]
+        <= 1.0
+    )
+    body = {"experiment_ids": [parent["info"]["experiment_id"]], "max_results": 50}
+    body["filter"] = f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'"
+    children = rest(url, "runs/search", body)["runs"]
+    assert [c["info"]["status"] for c in children] == ["FINISHED"]
+    assert {"val_loss", "test_f1_mean"} <= metric_names(children[0])
+    version = registered_version_of(url, "facs-vgg13-disfa", parent["info"]["run_id"])
+    tags = {t["key"]: t["value"] for t in version["tags"]}
+    assert tags["init_source"] == MODELS["pretrain"]
+    run_dir = Path(cluster.storage_root) / "finetune" / "job-finetune"
+    checkpoint = Path(tags["checkpoint"])
+    assert checkpoint.is_relative_to(run_dir / "pretrained-fold1")
+    kept_under(checkpoint, cluster)
+    kept_under(run_dir / "report", cluster)
+    KEPT["finetune checkpoint"] = checkpoint
+    KEPT["finetune report"] = run_dir / "report"
+
+
+def test_jobs_refuse_outputs_that_would_land_in_their_temporary_working_dir(
+    cluster, tiny_corpus, monkeypatch, capsys
+):
+    """A relative --storage-path in a job, and a job with no run storage at all, are refused
+    before any work, naming the flag (the job's own exit status 2)."""
+    import io
+
+    from cluster.submit import build_runtime_env, follow, job_client, resolve_target
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    argv = ["submit", "--run-dir", cluster.run_dir, "--submission-id", "relative-job", "pretrain"]
+    argv += ["--corpus", tiny_corpus, "--storage-path", "runs/here", *TINY_PRETRAIN]
+    assert facs(argv) == 2
+    out = capsys.readouterr().out
+    assert "--storage-path runs/here is " in out and "_ray_pkg_" in out
+    assert "inside this Ray job's temporary working directory" in out
+
+    target = resolve_target(None, cluster.run_dir)
+    runtime_env = build_runtime_env(target)
+    runtime_env["env_vars"]["FACS_STORAGE_ROOT"] = ""  # as on a cluster that sets none
+    client = job_client(target)
+    client.submit_job(
+        entrypoint=f"python -m cluster.cli pretrain --corpus {tiny_corpus}",
+        runtime_env=runtime_env,
+        submission_id="no-storage-job",
+    )
+    logs = io.StringIO()
+    assert follow(client, "no-storage-job", logs) == 2
+    assert "pretrain runs as a Ray job (no-storage-job)" in logs.getvalue()
+    assert "Pass --storage-path" in logs.getvalue()
+    assert "Traceback" not in logs.getvalue()
+
+
+def test_the_readme_ray_job_submit_command_works_with_the_printed_environment(cluster, tiny_corpus):
+    """`eval "$(facs cluster status | grep ^export)"; ray job submit --working-dir . ...`: a
+    pre-training with no storage or MLflow flags, logged to the cluster's server and kept."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "FACS_"))}
     for line in client_env_lines(cluster):
         key, value = line.removeprefix("export ").split("=", 1)
         env[key] = value
+    assert env["FACS_STORAGE_ROOT"] == cluster.storage_root
     command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", "."]
     command += ["--runtime-env", "cluster/runtime_env.yaml", "--", "python", "-m", "cluster.cli"]
-    command += ["corpus", "--help"]
+    command += ["pretrain", "--corpus", tiny_corpus, "--run-name", "readme-pretrain"]
+    command += [*TINY_PRETRAIN, "--register-as", ""]
     done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "usage: facs corpus" in done.stdout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert Path(cluster.token_path).read_text().strip() not in done.stdout + done.stderr
+    run = finished_run(cluster.mlflow_url, "facs-pretrain", "readme-pretrain")
+    assert {"train_loss", "val_loss"} <= metric_names(run)
+    run_dir = Path(cluster.storage_root) / "pretrain" / "readme-pretrain"
+    checkpoints = sorted(state.parent for state in run_dir.glob("*/training_state.pt"))
+    assert checkpoints, f"no checkpoint under {run_dir}: {sorted(run_dir.rglob('*'))}"
+    kept_under(checkpoints[-1], cluster)
+    KEPT["readme checkpoint"] = checkpoints[-1]
 
 
 def test_a_failing_job_returns_its_exit_status_and_shows_its_error(cluster, capsys):
@@ -296,3 +464,7 @@ def test_down_stops_every_process_up_started_and_frees_the_ports(cluster):
     assert not busy, f"ports still in use after down: {busy}"
     assert not (Path(cluster.run_dir) / "cluster.json").exists()
     assert not Path(cluster.token_path).exists()
+    # What the jobs ran is still there: checkpoints and reports in the run storage.
+    assert KEPT, "the jobs above recorded nothing to check"
+    missing = {name: str(path) for name, path in KEPT.items() if not path.exists()}
+    assert not missing, f"gone after `facs cluster down`: {missing}"

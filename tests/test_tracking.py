@@ -55,7 +55,10 @@ def test_threads_pointing_mlflow_at_different_stores_each_keep_their_own(tmp_pat
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
-def test_default_store_is_an_absolute_sqlite_database_with_artifacts_beside_it(tmp_path):
+def test_default_store_is_an_absolute_sqlite_database_with_artifacts_beside_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = resolve_tracking_uri(None, cwd=tmp_path)
     assert uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert default_artifact_location(uri) == (tmp_path / "mlartifacts").as_uri()

@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from torch import nn
 
 from pipeline.disfa import DisfaFrames, Fold, make_folds, prepare_disfa
 from pipeline.ray_runtime import ensure_ray
+from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.storage import Location, is_s3
 from pipeline.vocabulary import DISFA_AUS, PAPER_COMPARISON_AUS
 from training.augment import FaceAugment, to_model_input
@@ -83,6 +84,8 @@ from training.tracking import (
     log_params,
     resolve_tracking_uri,
     set_tags,
+    store_path,
+    uses_default_store,
 )
 from training.train_loop import Autocast, EpochStats, all_reduce, gather_to_rank0, timed
 
@@ -90,6 +93,8 @@ log = logging.getLogger(__name__)
 
 #: The fine-tuning targets, in the order of the new head's 12 logits.
 LABEL_COLUMNS: tuple[str, ...] = DISFA_AUS
+#: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
+DEFAULT_STORAGE = "./runs/finetune"
 FRAME_COLUMNS: tuple[str, ...] = (FACE_COLUMN, "subject", "frame", *LABEL_COLUMNS)
 PREDICTIONS_FILE = "test_predictions.npz"
 #: The kept weights' validation predictions (per-AU thresholds are tuned on them, never on test).
@@ -1020,6 +1025,26 @@ def prepared_folds(config: FinetuneConfig) -> tuple[DisfaFrames, list[Fold]]:
     return frames, [f for f in folds if not config.only_folds or f.index in config.only_folds]
 
 
+def storage_uri(config: FinetuneConfig) -> str:
+    """``--storage-path``, or the default run storage (see ``pipeline.run_storage``)."""
+    return output_location(config.storage_path, "finetune", "--storage-path", DEFAULT_STORAGE)
+
+
+def check_cross_validation(config: FinetuneConfig) -> None:
+    """Everything a cross-validation can be refused for before Ray starts (the CLI calls it
+    first): the weights to start from, the DISFA root, the run storage and the MLflow store."""
+    if "pretrained" in config.inits() and not config.pretrained:
+        raise ValueError(
+            "FinetuneConfig.pretrained: expected the pre-trained weights (--pretrained "
+            "models:/facs-vgg13-pretrained/<version>, runs:/... or a checkpoint) for init "
+            "'pretrained'; use --init scratch for the baseline alone"
+        )
+    if not config.disfa.root:
+        raise ValueError("FinetuneConfig.disfa.root: expected the DISFA folder (--disfa), got none")
+    storage_uri(config)
+    resolve_tracking_uri(config.mlflow_uri)
+
+
 def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None) -> CVResult:
     """Fine-tune and evaluate every fold of every arm; write the report; register the model.
 
@@ -1027,15 +1052,20 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     its own trainer (Ray queues those that do not fit the cluster's resources). ``parent``: an
     MLflow run to nest this cross-validation's runs under (a sweep's final evaluation).
     """
+    check_cross_validation(config)
     arms = config.inits()
-    if "pretrained" in arms and not config.pretrained:
-        raise ValueError(
-            "FinetuneConfig.pretrained: expected the pre-trained weights (--pretrained "
-            "models:/facs-vgg13-pretrained/<version>, runs:/... or a checkpoint) for init "
-            "'pretrained'; use --init scratch for the baseline alone"
-        )
-    ensure_ray()
+    default_storage = not config.storage_path
+    config = replace(config, storage_path=storage_uri(config))
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
+    ensure_ray()
+    check_defaults_reachable(
+        {
+            "--storage-path": config.storage_path if default_storage else None,
+            "--mlflow-uri": store_path(tracking_uri)
+            if uses_default_store(config.mlflow_uri)
+            else None,
+        }
+    )
     frames, folds = prepared_folds(config)
     inits, scratch_model = arm_inits(config, tracking_uri)
     subjects = tuple(sorted(frames.manifest.accepted_per_subject))

@@ -177,9 +177,12 @@ class FinetuneConfig:
         default=True, metadata={"help": "channels_last on GPU (ignored on CPU)"}
     )
 
-    storage_path: str = field(
-        default="./runs/finetune",
-        metadata={"help": "where fold checkpoints and the report go (local or s3://)"},
+    storage_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "where fold checkpoints and the report go (local or s3://); none = "
+            "$FACS_STORAGE_ROOT/finetune, else ./runs/finetune (refused in a Ray job)"
+        },
     )
     run_name: str | None = field(
         default=None, metadata={"help": "the run's folder name; none = finetune-<UTC timestamp>"}
@@ -197,7 +200,9 @@ class FinetuneConfig:
 
     mlflow_uri: str | None = field(
         default=None,
-        metadata={"help": "MLflow tracking URI; none = sqlite:///<cwd>/mlflow.db"},
+        metadata={
+            "help": "MLflow tracking URI; none = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
+        },
     )
     experiment: str = field(default="facs-finetune", metadata={"help": "MLflow experiment"})
     register_as: str = field(

@@ -120,14 +120,17 @@ def infer_model_config(
     candidates = [fc1.shape[0] / FC_UNITS, last.shape[0] / CONV_BLOCKS[-1][0], first.shape[0] / 64]
     batch_norm = any(".bn1." in key for key in state_dict)
     for width in candidates:
-        config = replace(
-            base,
-            width=width,
-            in_channels=int(first.shape[1]),
-            num_outputs=int(head.shape[0]),
-            input_size=side * DOWNSAMPLING,
-            batch_norm=batch_norm,
-        )
+        try:
+            config = replace(
+                base,
+                width=width,
+                in_channels=int(first.shape[1]),
+                num_outputs=int(head.shape[0]),
+                input_size=side * DOWNSAMPLING,
+                batch_norm=batch_norm,
+            )
+        except ValueError:  # shapes no ModelConfig can have
+            continue
         with torch.device("meta"):
             shapes = {k: v.shape for k, v in build_model(config).state_dict().items()}
         if shapes == {k: v.shape for k, v in state_dict.items()}:

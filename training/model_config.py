@@ -53,3 +53,19 @@ class ModelConfig:
             "constant output at these sizes; see README: departures)."
         },
     )
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.width > 0, f"width > 0, got {self.width}"),
+            (self.in_channels >= 1, f"in_channels >= 1, got {self.in_channels}"),
+            (self.num_outputs >= 1, f"num_outputs >= 1, got {self.num_outputs}"),
+            (
+                self.input_size > 0 and self.input_size % DOWNSAMPLING == 0,
+                f"input_size a positive multiple of {DOWNSAMPLING}, got {self.input_size}",
+            ),
+            (0 <= self.dropout_conv < 1, f"dropout_conv in [0, 1), got {self.dropout_conv}"),
+            (0 <= self.dropout_fc < 1, f"dropout_fc in [0, 1), got {self.dropout_fc}"),
+        ]
+        for ok, expected in checks:
+            if not ok:
+                raise ValueError(f"ModelConfig: expected {expected}")

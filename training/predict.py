@@ -17,6 +17,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import cv2
 import numpy as np
@@ -32,14 +33,24 @@ from pipeline.faces import FaceConfig, FaceProcessor, crop_square_face
 from pipeline.images import ImageDecodeError, decode_gray
 from pipeline.names import IMAGE_EXTENSIONS
 from pipeline.rejects import RejectReason
+from pipeline.run_storage import check_kept, default_output, storage_root
 from pipeline.storage import Location
 from pipeline.vocabulary import FACE_SIZE
 from training.augment import to_model_input
 from training.data import faces_from_arrow
-from training.init_weights import InitError, InitWeights, resolve_init, trained_model
+from training.init_weights import (
+    InitError,
+    InitWeights,
+    is_mlflow_uri,
+    resolve_init,
+    trained_model,
+)
 from training.predict_config import PredictConfig
 
 log = logging.getLogger(__name__)
+
+#: The output file without --out outside a Ray job and without FACS_STORAGE_ROOT.
+DEFAULT_OUT = "./predictions.csv"
 
 IMAGE, VIDEO = "image", "video"
 #: A work item: one image, or frames ``start`` .. ``stop`` (-1: to the end) of one video.
@@ -343,6 +354,36 @@ class AUPredictor:
 # Driver
 
 
+def out_uri(config: PredictConfig) -> str:
+    """``--out``; by default ``./predictions.csv``, or a new file under
+    ``$FACS_STORAGE_ROOT/predict/`` (see ``pipeline.run_storage``)."""
+    if config.out:
+        return check_kept(config.out, "--out")
+    folder_or_file = default_output("predict", "--out", DEFAULT_OUT)
+    if storage_root() is None:
+        return folder_or_file
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Location.of(folder_or_file).join(f"predictions-{stamp}.csv").uri
+
+
+def check_predict(config: PredictConfig) -> None:
+    """Everything a run can be refused for before Ray starts (the CLI calls it first): inputs,
+    model, output file, and the MLflow store a ``models:/`` or ``runs:/`` model comes from."""
+    if not config.inputs:
+        raise ValueError(
+            "PredictConfig.inputs: expected at least one image, folder, video or corpus"
+        )
+    if not config.model:
+        raise ValueError(
+            "PredictConfig.model: expected a model (--model models:/..., runs:/..., checkpoint)"
+        )
+    out_uri(config)
+    if is_mlflow_uri(config.model):
+        from training.tracking import resolve_tracking_uri
+
+        resolve_tracking_uri(config.mlflow_uri)
+
+
 def load_predictor_weights(model: str, tracking_uri: str | None) -> InitWeights:
     if not model:
         raise ValueError(
@@ -377,10 +418,8 @@ def write_table(table: pa.Table, out: str) -> None:
 def run_predict(config: PredictConfig) -> PredictSummary:
     """Score every face of every input with the model; write one row per face or frame."""
     start = time.perf_counter()
-    if not config.inputs:
-        raise ValueError(
-            "PredictConfig.inputs: expected at least one image, folder, video or corpus"
-        )
+    check_predict(config)
+    out = out_uri(config)
     init = load_predictor_weights(config.model, config.mlflow_uri)
     plan = plan_inputs(list(config.inputs), config.frames_per_task)
     if not ray.is_initialized():
@@ -431,7 +470,7 @@ def run_predict(config: PredictConfig) -> PredictSummary:
     else:
         names = [n for n in FACE_ROW_SCHEMA.names if n != "face"]
         table = pa.schema([FACE_ROW_SCHEMA.field(n) for n in names]).empty_table()
-    write_table(table, config.out)
+    write_table(table, out)
 
     reasons = Counter(r for r in table.column("reject_reason").to_pylist() if r is not None)
     success = table.column("success").to_numpy(zero_copy_only=False)
@@ -441,7 +480,7 @@ def run_predict(config: PredictConfig) -> PredictSummary:
     prefixes = tuple(corpus + "#" for corpus in plan.corpora)
     corpus_faces = sum(1 for s in sources if prefixes and s.startswith(prefixes))
     summary = PredictSummary(
-        out=Location.of(config.out).uri,
+        out=Location.of(out).uri,
         model=config.model,
         au_names=tuple(init.au_names),
         rows=table.num_rows,

@@ -23,8 +23,13 @@ class PredictConfig:
         default="",
         metadata={"help": "models:/facs-vgg13-disfa/1, runs:/<id>/model or a checkpoint folder"},
     )
-    out: str = field(
-        default="predictions.csv", metadata={"help": "output file: .csv or .parquet (or s3://)"}
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "output file: .csv or .parquet (or s3://); none = ./predictions.csv, or "
+            "$FACS_STORAGE_ROOT/predict/predictions-<UTC time>.csv (refused in a Ray job "
+            "without it)"
+        },
     )
     face: FaceConfig = field(default_factory=FaceConfig)
     image_faces: Literal["all", "largest"] = field(
@@ -52,7 +57,11 @@ class PredictConfig:
         default=None, metadata={"help": "version of corpus inputs; none = the latest"}
     )
     mlflow_uri: str | None = field(
-        default=None, metadata={"help": "MLflow tracking URI for models:/ and runs:/ sources"}
+        default=None,
+        metadata={
+            "help": "MLflow tracking URI for models:/ and runs:/ sources; none = "
+            "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
+        },
     )
 
     def __post_init__(self) -> None:

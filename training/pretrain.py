@@ -24,7 +24,10 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipeline.corpus.manifest import CorpusError, load_manifest
+from pipeline.corpus.read import labelled_counts
 from pipeline.ray_runtime import ensure_ray
+from pipeline.run_storage import check_defaults_reachable, output_location
+from pipeline.schema import UNLABELLED
 from pipeline.storage import Location, is_s3
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
 from training.data import corpus_splits, pixel_mean
@@ -41,12 +44,16 @@ from training.tracking import (
     log_params,
     reopen_run,
     resolve_tracking_uri,
+    store_path,
+    uses_default_store,
 )
 from training.train_loop import WorkerSetup, train_worker
 
 RUN_INFO = "facs_run.json"
 FAULT_MARKER = "fault-injected"
 FAIL_ENV = "FACS_PRETRAIN_FAIL_AT_EPOCH"
+#: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
+DEFAULT_STORAGE = "./runs/pretrain"
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +91,7 @@ def corpus_facts(config: PretrainConfig) -> CorpusFacts:
     if not config.corpus:
         raise ValueError("PretrainConfig.corpus: expected a corpus URI (--corpus), got none")
     manifest = load_manifest(config.corpus)
-    version = config.version or manifest.latest
+    version = manifest.latest if config.version is None else config.version
     if config.subset is not None:
         if config.subset not in manifest.subsets:
             known = ", ".join(sorted(manifest.subsets)) or "none"
@@ -95,8 +102,55 @@ def corpus_facts(config: PretrainConfig) -> CorpusFacts:
     return CorpusFacts(config.corpus, version, config.subset, manifest.content_hash(version))
 
 
+def check_labelled(facts: CorpusFacts) -> None:
+    """Refuse a corpus (version, subset) with no labelled training row, saying how to label."""
+    counts = labelled_counts(facts.uri, facts.version, facts.subset)
+    where = f"corpus {facts.uri} version {facts.version}" + (
+        f" subset {facts.subset}" if facts.subset else ""
+    )
+    rows = sum(c["rows"] for c in counts.values())
+    if not any(c["labelled"] for c in counts.values()):
+        raise CorpusError(
+            f"{where}: no row is labelled ({rows} rows, all stored without AU labels, "
+            f"label_source '{UNLABELLED}'); pre-training needs AU labels. Label faces as a corpus "
+            "version is built or added: from label files (--labels-release-csv, "
+            "--labels-openface-images, --labels-openface-sequence) or with a trained model "
+            "(--label-model models:/facs-vgg13-pretrained/N, runs:/... or a checkpoint); "
+            "see `facs corpus build --help`"
+        )
+    if not counts["train"]["labelled"]:
+        raise CorpusError(
+            f"{where}: none of its {counts['val']['labelled']} labelled rows is in the train "
+            "split (the split is 95/5 by identity: add more people)"
+        )
+
+
+def storage_uri(config: PretrainConfig) -> str:
+    """``--storage-path``, or the default run storage (see ``pipeline.run_storage``)."""
+    return output_location(config.storage_path, "pretrain", "--storage-path", DEFAULT_STORAGE)
+
+
 def storage_root(config: PretrainConfig) -> Location:
-    return Location.of(config.storage_path)
+    return Location.of(storage_uri(config))
+
+
+def fail_epoch(config: PretrainConfig) -> int:
+    return config.fail_at_epoch or int(os.environ.get(FAIL_ENV, "0") or 0)
+
+
+def check_pretraining(config: PretrainConfig) -> CorpusFacts:
+    """Everything a run can be refused for before Ray starts (the CLI calls it first): the corpus
+    version or subset and its labelled rows, the run storage, the MLflow store, fault injection."""
+    facts = corpus_facts(config)
+    if fail_epoch(config) and not 0 <= config.fail_rank < config.workers:
+        raise ValueError(
+            f"PretrainConfig.fail_rank: expected a worker rank in [0, {config.workers}), "
+            f"got {config.fail_rank}"
+        )
+    storage_uri(config)
+    resolve_tracking_uri(config.mlflow_uri)
+    check_labelled(facts)
+    return facts
 
 
 def read_run_info(run_dir: Location) -> dict[str, Any] | None:
@@ -221,17 +275,23 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     Starts a local Ray if none is connected. Raises ``ray.train.TrainingFailedError`` when the
     workers fail more than ``max_failures`` times (the MLflow run is then marked FAILED).
     """
-    facts = corpus_facts(config)
-    fail_at_epoch = config.fail_at_epoch or int(os.environ.get(FAIL_ENV, "0") or 0)
-    if fail_at_epoch and not 0 <= config.fail_rank < config.workers:
-        raise ValueError(
-            f"PretrainConfig.fail_rank: expected a worker rank in [0, {config.workers}), "
-            f"got {config.fail_rank}"
-        )
-    root = storage_root(config)
+    facts = check_pretraining(config)
+    fail_at_epoch = fail_epoch(config)
+    default_storage = not config.storage_path
+    config = replace(config, storage_path=storage_uri(config))
+    root = Location.of(config.storage_path)
     name, record = choose_run(config, root)
     run_dir = root.join(name)
     ensure_ray()
+    tracking_uri = resolve_tracking_uri(config.mlflow_uri)
+    check_defaults_reachable(
+        {
+            "--storage-path": root.uri if default_storage else None,
+            "--mlflow-uri": store_path(tracking_uri)
+            if uses_default_store(config.mlflow_uri)
+            else None,
+        }
+    )
     datasets = corpus_splits(facts.uri, facts.version, facts.subset)
     if config.cache_data:
         datasets = {split: dataset.materialize() for split, dataset in datasets.items()}

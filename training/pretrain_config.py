@@ -117,9 +117,13 @@ class PretrainConfig:
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
 
-    storage_path: str = field(
-        default="./runs/pretrain",
-        metadata={"help": "where runs and checkpoints go: local folder (shared) or s3:// URI"},
+    storage_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "where runs and checkpoints go: local folder (shared) or s3:// URI; none = "
+            "$FACS_STORAGE_ROOT/pretrain, else ./runs/pretrain (refused in a Ray job, whose "
+            "working dir is temporary)"
+        },
     )
     run_name: str | None = field(
         default=None,
@@ -143,8 +147,8 @@ class PretrainConfig:
     mlflow_uri: str | None = field(
         default=None,
         metadata={
-            "help": "MLflow tracking URI, e.g. http://host:5000; none = "
-            "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts"
+            "help": "MLflow tracking URI, e.g. http://host:5000; none = $MLFLOW_TRACKING_URI, "
+            "else sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts"
         },
     )
     experiment: str = field(default="facs-pretrain", metadata={"help": "MLflow experiment name"})
@@ -169,6 +173,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.version is None or self.version >= 1, f"version >= 1, got {self.version}"),
             (self.workers >= 1, f"workers >= 1, got {self.workers}"),
             (self.gpus_per_worker >= 0, f"gpus_per_worker >= 0, got {self.gpus_per_worker}"),
             (self.cpus_per_worker > 0, f"cpus_per_worker > 0, got {self.cpus_per_worker}"),

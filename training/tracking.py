@@ -3,10 +3,14 @@
 Everything goes through an explicit tracking URI (never MLflow's process-wide default), because
 Ray Train's workers run in other processes, often with another working directory.
 
-The default store is ``sqlite:///<cwd>/mlflow.db`` (MLflow 3's own default, made absolute), with
-artifacts in ``<cwd>/mlartifacts``: SQLite backs the model registry, which the ``./mlruns`` file
-store does not do well. Any ``http(s)://`` URI of an ``mlflow server`` works the same way; the
-server then decides where artifacts go.
+Every stage finds its store one way (:func:`resolve_tracking_uri`): ``--mlflow-uri``, else
+``MLFLOW_TRACKING_URI`` (``facs cluster up`` sets it for its jobs, ``facs submit`` forwards it),
+else the local default store ``sqlite:///<cwd>/mlflow.db`` (MLflow 3's own default, made absolute),
+with artifacts in ``<cwd>/mlartifacts``: SQLite backs the model registry, which the ``./mlruns``
+file store does not do well. Any ``http(s)://`` URI of an ``mlflow server`` works the same way; the
+server then decides where artifacts go. The model registry is the tracking store unless
+``MLFLOW_REGISTRY_URI`` names another (MLflow's own rule; :func:`resolve_registry_uri`). A local
+store inside a Ray job's temporary working directory is refused: Ray deletes that folder.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pipeline.environment import restored_environment
+from pipeline.run_storage import RunStorageError, check_kept, temporary_folder
 from pipeline.vocabulary import FACE_SIZE
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
 DEFAULT_DATABASE = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 #: MLflow accepts at most this many params (or tags) per batch call, each up to 6000 characters.
@@ -37,23 +44,74 @@ PARAMS_PER_BATCH, MAX_PARAM_LENGTH = 100, 6000
 METRICS_PER_BATCH = 1000
 
 
-def resolve_tracking_uri(uri: str | None = None, cwd: Path | None = None) -> str:
-    """An absolute tracking URI: the default SQLite store, or ``uri`` with relative paths resolved.
+def resolve_tracking_uri(
+    uri: str | None = None, cwd: Path | None = None, *, default_dir: str | Path | None = None
+) -> str:
+    """The tracking store: ``uri`` (``--mlflow-uri``), else ``$MLFLOW_TRACKING_URI``, else the
+    local default ``sqlite:///<default_dir or cwd>/mlflow.db`` (``default_dir`` is created).
 
-    ``sqlite:///relative.db`` and bare paths are relative to the caller's working directory; they
-    are made absolute here so that Ray workers elsewhere write to the same store.
+    ``sqlite:///relative.db`` and bare paths are relative to ``cwd`` (the caller's working
+    directory); they are made absolute here so that Ray workers elsewhere write to the same store.
+    Raises :class:`RunStorageError` for a local store inside a Ray job's temporary working dir.
     """
     cwd = cwd or Path.cwd()
-    if not uri:
-        return f"sqlite:///{(cwd / DEFAULT_DATABASE).resolve()}"
+    if uri:
+        return absolute_store_uri(uri, cwd, "--mlflow-uri")
+    if os.environ.get(TRACKING_URI_ENV):
+        return absolute_store_uri(os.environ[TRACKING_URI_ENV], cwd, TRACKING_URI_ENV)
+    folder = (cwd / Path(default_dir).expanduser()).resolve() if default_dir else cwd.resolve()
+    database = folder / DEFAULT_DATABASE
+    temporary = temporary_folder(database)
+    if temporary is not None:
+        raise RunStorageError(
+            f"no --mlflow-uri and no {TRACKING_URI_ENV}: the default MLflow store {database} "
+            f"would be inside this Ray job's temporary working directory ({temporary}), which Ray "
+            f"deletes after the job. Pass --mlflow-uri http://MLFLOW:5000, or set "
+            f"{TRACKING_URI_ENV} for the cluster's jobs (`facs cluster up` does; `facs submit` "
+            "forwards yours)"
+        )
+    if default_dir:
+        folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database}"
+
+
+def absolute_store_uri(uri: str, cwd: Path | None = None, source: str = "--mlflow-uri") -> str:
+    """``uri`` with a relative SQLite or file-store path made absolute (and refused when it lies
+    in a Ray job's temporary working directory); other URIs unchanged."""
+    cwd = cwd or Path.cwd()
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]
-        if path and not path.startswith("/") and path != ":memory:":
-            return f"sqlite:///{(cwd / path).resolve()}"
+        if path and path != ":memory:":
+            database = (cwd / path).resolve()
+            check_kept(str(database), source, given=uri)
+            return f"sqlite:///{database}" if not path.startswith("/") else uri
         return uri
     if "://" not in uri:  # a file store given as a bare path
-        return (cwd / uri).resolve().as_uri()
+        return Path(check_kept(str((cwd / uri).resolve()), source, given=uri)).as_uri()
+    if uri.startswith("file://"):
+        check_kept(uri[len("file://") :], source, given=uri)
     return uri
+
+
+def uses_default_store(uri: str | None = None) -> bool:
+    """Whether :func:`resolve_tracking_uri` falls back to the local default store for ``uri``."""
+    return not uri and not os.environ.get(TRACKING_URI_ENV)
+
+
+def store_path(tracking_uri: str) -> str | None:
+    """The local file behind a SQLite or file-store URI; None for a server."""
+    if tracking_uri.startswith("sqlite:///"):
+        return tracking_uri[len("sqlite:///") :]
+    if tracking_uri.startswith("file://"):
+        return tracking_uri[len("file://") :]
+    return None
+
+
+def resolve_registry_uri(tracking_uri: str) -> str:
+    """The model registry for runs in ``tracking_uri``: ``$MLFLOW_REGISTRY_URI`` when set (made
+    absolute like a tracking URI), else the tracking store itself."""
+    registry = os.environ.get(REGISTRY_URI_ENV)
+    return absolute_store_uri(registry, source=REGISTRY_URI_ENV) if registry else tracking_uri
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -196,7 +254,8 @@ _PROCESS_URIS_LOCK = threading.RLock()
 
 @contextmanager
 def process_uris(uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking and registry URIs at ``uri``, then restore them exactly.
+    """Point MLflow's process-wide tracking URI at ``uri`` (and the registry URI at
+    :func:`resolve_registry_uri` of it), then restore them exactly.
 
     ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` (and the registry's twin),
     and setting the old value back would pin a default that was only implied; so the module
@@ -205,13 +264,14 @@ def process_uris(uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    names = (TRACKING_URI_ENV, REGISTRY_URI_ENV)
     # Process-wide state: threads that log models at once (concurrent folds or scaling points)
     # take turns, or one would restore the URIs while another is still logging.
     with _PROCESS_URIS_LOCK, restored_environment(*names):
+        registry = resolve_registry_uri(uri)  # before set_tracking_uri rewrites the environment
         saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
         mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        mlflow.set_registry_uri(registry)
         try:
             yield
         finally:

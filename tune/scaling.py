@@ -35,6 +35,7 @@ from pipeline.corpus.read import METADATA_COLUMNS, read_metadata_table
 from pipeline.corpus.subset import BALANCED_GENDERS, SubsetConfig, choose_rows
 from pipeline.disfa import prepare_disfa
 from pipeline.ray_runtime import ensure_ray
+from pipeline.run_storage import check_defaults_reachable, check_kept, output_location
 from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.finetune import CVResult, run_cross_validation
@@ -51,6 +52,8 @@ from training.tracking import (
     log_params,
     resolve_tracking_uri,
     set_tags,
+    store_path,
+    uses_default_store,
 )
 from tune.scaling_config import ALL, ScalingConfig
 from tune.scaling_report import write_scaling_report
@@ -58,6 +61,8 @@ from tune.scaling_report import write_scaling_report
 log = logging.getLogger(__name__)
 
 AXES: tuple[str, ...] = ("images", "identities")
+#: Where experiments go without --output outside a Ray job and without FACS_STORAGE_ROOT.
+DEFAULT_OUTPUT = "./runs/scaling"
 #: The key of the point that trains on the whole version (shared by both tables).
 WHOLE = ALL
 
@@ -387,21 +392,37 @@ def log_curves(parent: RunHandle, points: list[PointResult]) -> None:
                 )
 
 
+def output_uri(config: ScalingConfig) -> str:
+    """``--output``, or the default run storage (see ``pipeline.run_storage``)."""
+    return output_location(config.output, "scaling", "--output", DEFAULT_OUTPUT)
+
+
+def check_scaling(config: ScalingConfig) -> tuple[int, list[PlannedPoint]]:
+    """Everything the experiment can be refused for before Ray starts (the CLI calls it first):
+    the corpus version and whether it can give every size, the output, the MLflow store; the
+    version and the planned points."""
+    if not config.corpus:
+        raise ValueError("ScalingConfig.corpus: expected a corpus URI (--corpus), got none")
+    if not config.disfa.root:
+        raise ValueError("ScalingConfig.disfa.root: expected the DISFA folder (--disfa), got none")
+    check_kept(config.corpus, "--corpus")  # the subsets are written into the corpus
+    output_uri(config)
+    resolve_tracking_uri(config.mlflow_uri)
+    manifest = load_manifest(config.corpus)
+    version = manifest.latest if config.corpus_version is None else config.corpus_version
+    manifest.entries_up_to(version)  # raises for a version that does not exist
+    return version, plan_points(config, version)
+
+
 def run_scaling(config: ScalingConfig) -> ScalingResult:
     """Plan, check, write the subsets, run every point, write Tables IV/V and Figures 3/4.
 
     Starts a local Ray if none is connected. Raises ``CorpusError`` before any training when a
     size is more than the corpus can give.
     """
-    if not config.corpus:
-        raise ValueError("ScalingConfig.corpus: expected a corpus URI (--corpus), got none")
-    if not config.disfa.root:
-        raise ValueError("ScalingConfig.disfa.root: expected the DISFA folder (--disfa), got none")
-    manifest = load_manifest(config.corpus)
-    version = config.corpus_version or manifest.latest
-    manifest.entries_up_to(version)  # raises for a version that does not exist
-    points = plan_points(config, version)
-
+    version, points = check_scaling(config)
+    default_output = not config.output
+    config = replace(config, output=output_uri(config))
     name = config.run_name or "scaling-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Location.of(config.output).join(name)
     if root.join("report").join("scaling.json").exists():
@@ -413,6 +434,14 @@ def run_scaling(config: ScalingConfig) -> ScalingResult:
     pretrain = shared_pretrain(config, version, root, tracking_uri)
     finetune = shared_finetune(config, root, tracking_uri)
     ensure_ray()
+    check_defaults_reachable(
+        {
+            "--output": config.output if default_output else None,
+            "--mlflow-uri": store_path(tracking_uri)
+            if uses_default_store(config.mlflow_uri)
+            else None,
+        }
+    )
     frames = prepare_disfa(config.disfa)  # once, before the points share its cache
     write_subsets(config, version, points)
 

@@ -100,16 +100,22 @@ class ScalingConfig:
             "trainers; Ray queues those that do not fit. 1 on a laptop"
         },
     )
-    output: str = field(
-        default="./runs/scaling",
-        metadata={"help": "folder or s3:// prefix for the runs and the report (tables, figures)"},
+    output: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder or s3:// prefix for the runs and the report (tables, figures); none "
+            "= $FACS_STORAGE_ROOT/scaling, else ./runs/scaling (refused in a Ray job)"
+        },
     )
     run_name: str | None = field(
         default=None, metadata={"help": "the experiment's folder and run name; none = timestamped"}
     )
     mlflow_uri: str | None = field(
         default=None,
-        metadata={"help": "MLflow tracking URI for every run; none = sqlite:///<cwd>/mlflow.db"},
+        metadata={
+            "help": "MLflow tracking URI for every run; none = $MLFLOW_TRACKING_URI, else "
+            "sqlite:///<cwd>/mlflow.db"
+        },
     )
     experiment: str = field(
         default="facs-scaling", metadata={"help": "MLflow experiment of the parent and point runs"}
@@ -129,6 +135,10 @@ class ScalingConfig:
         parse_sizes(self.identities, "identities")
         if not self.images and not self.identities:
             raise ValueError("ScalingConfig: expected some --images or --identities sizes")
+        if self.corpus_version is not None and self.corpus_version < 1:
+            raise ValueError(
+                f"ScalingConfig.corpus_version: expected >= 1, got {self.corpus_version}"
+            )
         if self.concurrent < 1:
             raise ValueError(f"ScalingConfig.concurrent: expected >= 1, got {self.concurrent}")
         if self.identity_images is not None:

@@ -38,6 +38,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.ray_runtime import ensure_ray, require_state_api
+from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.storage import Location, is_s3
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.finetune import (
@@ -57,6 +58,8 @@ from training.tracking import (
     reopen_run,
     resolve_tracking_uri,
     set_tags,
+    store_path,
+    uses_default_store,
 )
 from tune.sweep_callbacks import InterruptAfter, MlflowTrialRuns
 from tune.sweep_config import SweepConfig, apply_params
@@ -67,6 +70,8 @@ BEST_CONFIG_FILE = "best_finetune.yaml"
 FINAL_FILE = "final.json"
 RESULT_FILE = "sweep_result.json"
 INTERRUPT_MARKER = "interrupted.marker"
+#: Where sweeps go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
+DEFAULT_STORAGE = "./runs/tune"
 #: The CPU a trial's own actor holds: it only drives its Ray Train run, which holds the rest.
 TRIAL_DRIVER_CPU = 0.01
 
@@ -210,20 +215,50 @@ def _same_point(params: dict[str, Any], point: dict[str, Any]) -> bool:
     return True
 
 
-def run_sweep(config: SweepConfig) -> SweepResult:
-    """Run (or ``resume``) a sweep; then, once, the chosen config's test cross-validation."""
-    base = dataclasses.replace(config.finetune, compare_init=False)
+def storage_uri(config: SweepConfig) -> str:
+    """``--storage-path``, or the default run storage (see ``pipeline.run_storage``)."""
+    return output_location(config.storage_path, "tune", "--storage-path", DEFAULT_STORAGE)
+
+
+def check_sweep(config: SweepConfig) -> None:
+    """Everything a sweep can be refused for before Ray starts (the CLI calls it first): the
+    weights to start from, the DISFA root, the defaults trial, the storage and the MLflow store."""
+    base = config.finetune
     if base.init == "pretrained" and not base.pretrained:
         raise ValueError(
             "SweepConfig.finetune.pretrained: expected pre-trained weights for init "
             "'pretrained' (--finetune-pretrained ...), or --finetune-init scratch"
         )
+    if not base.disfa.root:
+        raise ValueError(
+            "SweepConfig.finetune.disfa.root: expected the DISFA folder (--disfa), got none"
+        )
+    if config.include_defaults:
+        config.default_point()
+    storage_uri(config)
+    resolve_tracking_uri(config.mlflow_uri or base.mlflow_uri)
+
+
+def run_sweep(config: SweepConfig) -> SweepResult:
+    """Run (or ``resume``) a sweep; then, once, the chosen config's test cross-validation."""
+    check_sweep(config)
+    base = dataclasses.replace(config.finetune, compare_init=False)
     default = config.default_point() if config.include_defaults else None
+    default_storage = not config.storage_path
+    config = dataclasses.replace(config, storage_path=storage_uri(config))
+    tracking_uri = resolve_tracking_uri(config.mlflow_uri or base.mlflow_uri)
     ensure_ray()
     # A trial that ASHA stops is killed with its Ray Train controller; Ray Train then frees the
     # run's placement group only if it can see the controller is gone, through the State API.
     require_state_api("facs tune (trials stopped early by ASHA)")
-    tracking_uri = resolve_tracking_uri(config.mlflow_uri or base.mlflow_uri)
+    check_defaults_reachable(
+        {
+            "--storage-path": config.storage_path if default_storage else None,
+            "--mlflow-uri": store_path(tracking_uri)
+            if uses_default_store(config.mlflow_uri or base.mlflow_uri)
+            else None,
+        }
+    )
     name = config.name or "tune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Location.of(config.storage_path)
     sweep = root.join(name)

@@ -147,8 +147,12 @@ class SweepConfig:
         },
     )
 
-    storage_path: str = field(
-        default="./runs/tune", metadata={"help": "where sweeps are kept (local or s3://)"}
+    storage_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "where sweeps are kept (local or s3://); none = $FACS_STORAGE_ROOT/tune, "
+            "else ./runs/tune (refused in a Ray job)"
+        },
     )
     name: str | None = field(
         default=None, metadata={"help": "the sweep's folder name; none = tune-<UTC timestamp>"}
@@ -167,7 +171,10 @@ class SweepConfig:
 
     mlflow_uri: str | None = field(
         default=None,
-        metadata={"help": "MLflow tracking URI; none = the fine-tuning config's (or sqlite)"},
+        metadata={
+            "help": "MLflow tracking URI; none = the fine-tuning config's, else "
+            "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
+        },
     )
     experiment: str = field(default="facs-tune", metadata={"help": "MLflow experiment"})
 

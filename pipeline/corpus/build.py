@@ -41,15 +41,14 @@ from pipeline.labels import (
 )
 from pipeline.names import IMAGE_EXTENSIONS
 from pipeline.rejects import RejectReason
-from pipeline.schema import CORPUS_SCHEMA
+from pipeline.run_storage import check_kept
+from pipeline.schema import CORPUS_SCHEMA, UNLABELLED
 from pipeline.sources import read_image_folder, read_msceleb_tsv
 from pipeline.status_write import ACCEPTED, REJECTED, STATUS_COLUMN, status_folder, write_by_status
 from pipeline.storage import Location
 from pipeline.vocabulary import OPENFACE_AUS
 
 log = logging.getLogger(__name__)
-
-UNLABELLED = "none"
 
 
 @ray.remote(num_cpus=0)
@@ -237,6 +236,41 @@ def _reject_counts(location: Location) -> Counter:
     return counts
 
 
+def check_build(config: CorpusBuildConfig, *, append: bool) -> Manifest:
+    """Everything a build can be refused for before Ray starts (the CLI calls it first): where
+    the corpus goes, what it already holds, the inputs and the label sources; its manifest."""
+    if not config.corpus:
+        raise CorpusError("no corpus location given: pass --corpus PATH_OR_S3_URI")
+    check_kept(config.corpus, "--corpus")
+    root = Location.of(config.corpus)
+    if root.exists() and not root.is_dir():
+        raise CorpusError(
+            f"--corpus {config.corpus} is a file; expected a folder (new or empty for `build`, "
+            "an existing corpus for `add`) or an s3:// prefix"
+        )
+    manifest = load_manifest(config.corpus, must_exist=append)
+    if not append and manifest.versions:
+        raise CorpusError(
+            f"{config.corpus} already holds versions 1..{manifest.latest}: "
+            "use `facs corpus add` to add a batch as a new version"
+        )
+    if not config.images and not config.tsv:
+        raise CorpusError(
+            "no input given: pass --images DIR (a folder of face photos) and/or --tsv FILE "
+            "(an MS-Celeb-1M TSV); see `facs corpus build --help`"
+        )
+    labels = config.labels
+    label_files = labels.release_csv or labels.openface_images or labels.openface_sequence
+    if config.label_model and label_files:
+        raise CorpusError(
+            "give either label files (--labels-*) or a label model, not both: each row gets one "
+            "label source"
+        )
+    if labels.openface_sequence and not config.images:
+        raise CorpusError("--labels-openface-sequence needs --images (its frames are the images)")
+    return manifest
+
+
 def build_version(
     config: CorpusBuildConfig, *, append: bool, labeler: Labeler | None = None
 ) -> VersionEntry:
@@ -245,14 +279,7 @@ def build_version(
     ``labeler`` labels the faces from their pixels (e.g. a trained model); without it, labels come
     from the label files in ``config.labels``; with neither, rows are kept unlabelled.
     """
-    if not config.corpus:
-        raise CorpusError("no corpus location given: pass --corpus PATH_OR_S3_URI")
-    manifest = load_manifest(config.corpus, must_exist=append)
-    if not append and manifest.versions:
-        raise CorpusError(
-            f"{config.corpus} already holds versions 1..{manifest.latest}: "
-            "use `facs corpus add` to add a batch as a new version"
-        )
+    manifest = check_build(config, append=append)
     version = manifest.latest + 1
     root = Location.of(config.corpus)
     staging = root.join("versions", f"v{version:04d}")

@@ -68,7 +68,10 @@ class CorpusBuildConfig:
     )
     mlflow_uri: str | None = field(
         default=None,
-        metadata={"help": "MLflow tracking URI for models:/ and runs:/ label models"},
+        metadata={
+            "help": "MLflow tracking URI for models:/ and runs:/ label models; none = "
+            "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
+        },
     )
     face: FaceConfig = field(default_factory=FaceConfig)
     workers: int = field(
@@ -82,3 +85,22 @@ class CorpusBuildConfig:
         metadata={"help": "MS-Celeb TSV files are read in parallel byte ranges of this size"},
     )
     note: str = field(default="", metadata={"help": "free-text note stored with the version"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                0 < self.label_threshold < 1,
+                f"label_threshold in (0, 1), got {self.label_threshold}",
+            ),
+            (
+                0 <= self.labels.min_confidence <= 1,
+                f"labels.min_confidence in [0, 1], got {self.labels.min_confidence}",
+            ),
+            (self.workers >= 0, f"workers >= 0, got {self.workers}"),
+            (self.batch_size >= 1, f"batch_size >= 1, got {self.batch_size}"),
+            (self.rows_per_file >= 1, f"rows_per_file >= 1, got {self.rows_per_file}"),
+            (self.tsv_range_mb >= 1, f"tsv_range_mb >= 1, got {self.tsv_range_mb}"),
+        ]
+        for ok, expected in checks:
+            if not ok:
+                raise ValueError(f"CorpusBuildConfig: expected {expected}")

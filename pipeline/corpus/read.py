@@ -9,6 +9,7 @@ import ray
 from ray.data.expressions import col
 
 from pipeline.corpus.manifest import CorpusError, Manifest, load_manifest
+from pipeline.schema import UNLABELLED
 from pipeline.storage import Location
 
 #: Columns that describe a row without its pixels: cheap to read for stats and subsets.
@@ -32,6 +33,31 @@ def read_metadata_table(
     if not tables:
         raise CorpusError(f"version {version or 'latest'} of {corpus} has no accepted rows")
     return pa.concat_tables(tables)
+
+
+def labelled_counts(
+    corpus: str, version: int | None = None, subset: str | None = None
+) -> dict[str, dict[str, int]]:
+    """``{split: {"rows": n, "labelled": k}}`` of a version (or named subset), from the metadata
+    columns alone (no pixels, no Ray): what a training run can be refused for up front."""
+    manifest = load_manifest(corpus)
+    if subset is not None:
+        hashes = subset_hashes(corpus, manifest, subset)
+        version = manifest.subsets[subset].version
+    table = read_metadata_table(corpus, version, ["content_hash", "split", "label_source"])
+    if subset is not None:
+        chosen = set(hashes.column("content_hash").to_pylist())
+        keep = [value in chosen for value in table.column("content_hash").to_pylist()]
+        table = table.filter(pa.array(keep, type=pa.bool_()))
+    splits = np.asarray(table.column("split").to_pylist(), dtype=object)
+    labelled = np.asarray(table.column("label_source").to_pylist(), dtype=object) != UNLABELLED
+    return {
+        split: {
+            "rows": int((splits == split).sum()),
+            "labelled": int((labelled & (splits == split)).sum()),
+        }
+        for split in ("train", "val")
+    }
 
 
 def subset_hashes(corpus: str, manifest: Manifest, name: str) -> pa.Table:
@@ -82,5 +108,5 @@ def read_corpus(
     if hashes is not None or split is not None:
         dataset = dataset.map_batches(_KeepRows(hashes, split), batch_format="pyarrow")
     if labelled_only:
-        dataset = dataset.filter(expr=col("label_source") != "none")
+        dataset = dataset.filter(expr=col("label_source") != UNLABELLED)
     return dataset

@@ -6,13 +6,16 @@ import pyarrow.compute as pc
 
 from pipeline.corpus.manifest import load_manifest
 from pipeline.corpus.read import METADATA_COLUMNS, read_metadata_table
+from pipeline.schema import UNLABELLED
 from pipeline.vocabulary import GENDERS, OPENFACE_AUS, REGIONS
 
 
 def corpus_stats(corpus: str, version: int | None = None) -> dict:
-    """Counts and rates for one version (a plain dict, ready for JSON or MLflow)."""
+    """Counts and rates for one version (a plain dict, ready for JSON: a rate that is undefined,
+    as on a corpus without labels, is None)."""
     manifest = load_manifest(corpus)
-    version = version or manifest.latest
+    version = manifest.latest if version is None else version
+    manifest.entries_up_to(version)  # raises for a version that does not exist (0 among them)
     table = read_metadata_table(corpus, version, METADATA_COLUMNS + ["label_source", *OPENFACE_AUS])
     frame = table.to_pandas()
     people = frame.drop_duplicates("identity")
@@ -23,9 +26,10 @@ def corpus_stats(corpus: str, version: int | None = None) -> dict:
             in_cell = frame[(frame.region == region) & (frame.gender == gender)]
             row[gender] = {"people": int(in_cell.identity.nunique()), "images": len(in_cell)}
         by_region[region] = row
-    labelled = frame[frame.label_source != "none"]
+    labelled = frame[frame.label_source != UNLABELLED]
     base_rates = {
-        au: float(labelled[au].mean()) if len(labelled) else float("nan") for au in OPENFACE_AUS
+        au: float(labelled[au].mean()) if len(labelled) and labelled[au].notna().any() else None
+        for au in OPENFACE_AUS
     }
     entries = manifest.entries_up_to(version)
     return {
@@ -72,7 +76,10 @@ def format_stats(stats: dict) -> str:
         if people:
             lines.append(f"| {region} | {' | '.join(cells)} | {people} ({images}) |")
     lines += ["", "## AU base rates (labelled rows)", "", "| AU | rate |", "|---|---|"]
-    lines += [f"| {au} | {rate:.3f} |" for au, rate in stats["au_base_rates"].items()]
+    lines += [
+        f"| {au} | {'n/a' if rate is None else f'{rate:.3f}'} |"
+        for au, rate in stats["au_base_rates"].items()
+    ]
     lines += [
         "",
         f"Rows read {stats['rows_read']}, rejected {stats['rejected']}: {stats['reject_counts']}",

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, save_manifest
 from pipeline.corpus.read import read_metadata_table
+from pipeline.run_storage import check_kept
 from pipeline.storage import Location
 
 BALANCED_GENDERS = ("female", "male")
@@ -42,6 +43,12 @@ class SubsetConfig:
     seed: int = field(
         default=0, metadata={"help": "random seed: the same seed gives the same subset"}
     )
+
+    def __post_init__(self) -> None:
+        for name in ("version", "images", "identities"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"SubsetConfig.{name}: expected a number >= 1, got {value}")
 
 
 def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
@@ -183,8 +190,14 @@ def _people_at_budget(
 
 
 def make_subset(config: SubsetConfig) -> SubsetEntry:
+    if not config.corpus:
+        raise CorpusError("no corpus location given: pass --corpus PATH_OR_S3_URI")
+    check_kept(config.corpus, "--corpus")
+    if (config.images is None) == (config.identities is None):
+        raise CorpusError("give exactly one of --images N or --identities N")
     manifest = load_manifest(config.corpus)
-    version = config.version or manifest.latest
+    version = manifest.latest if config.version is None else config.version
+    manifest.entries_up_to(version)  # raises for a version that does not exist
     table = read_metadata_table(config.corpus, version)
     rows = choose_rows(table, config)
     chosen = table.take(pa.array(rows, type=pa.int64())).select(
