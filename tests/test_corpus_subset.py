@@ -76,8 +76,30 @@ def test_region_balance_spreads_people_over_regions():
 def test_too_large_a_balanced_subset_is_a_clear_error():
     with pytest.raises(CorpusError, match="cannot balance"):
         choose_rows(metadata(), SubsetConfig(identities=55))
-    with pytest.raises(CorpusError, match="exactly one"):
-        choose_rows(metadata(), SubsetConfig(images=5, identities=5))
+    with pytest.raises(CorpusError, match="give --images N, --identities N, or both"):
+        choose_rows(metadata(), SubsetConfig())
+
+
+def test_people_at_a_fixed_image_budget_share_it_evenly():
+    table = metadata(people=200)
+    for people in (4, 10):
+        sub = chosen(table, identities=people, images=20, seed=2)
+        counts: dict[str, int] = {}
+        for who in sub.column("identity").to_pylist():
+            counts[who] = counts.get(who, 0) + 1
+        assert sub.num_rows == 20 and len(counts) == people
+        assert sorted(set(counts.values())) == [20 // people]
+        genders = {r["identity"]: r["gender"] for r in sub.to_pylist()}
+        assert list(genders.values()).count("female") == people // 2
+    uneven = chosen(table, identities=3, images=14, seed=2)  # 5 + 5 + 4
+    assert uneven.num_rows == 14
+
+
+def test_a_budget_the_people_cannot_give_is_a_clear_error():
+    with pytest.raises(CorpusError, match="images each: only .* people have"):
+        choose_rows(metadata(), SubsetConfig(identities=4, images=400))
+    with pytest.raises(CorpusError, match="at least one image"):
+        choose_rows(metadata(), SubsetConfig(identities=10, images=5))
 
 
 def test_allocate_fills_small_strata_then_spreads_the_rest():

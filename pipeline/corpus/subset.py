@@ -97,12 +97,9 @@ def _gender_quota(capacity: dict[str, int], total: int, balance: str) -> dict[st
 
 
 def _check_sizes(config: SubsetConfig) -> None:
+    """What sizes may be asked for (each size is >= 1 already: ``SubsetConfig`` checks it)."""
     if config.images is None and config.identities is None:
         raise CorpusError("give --images N, --identities N, or both (N people sharing N images)")
-    for name in ("images", "identities"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise CorpusError(f"--{name} must be at least 1, got {value}")
     both = config.images is not None and config.identities is not None
     if both and config.images < config.identities:
         raise CorpusError(
@@ -193,8 +190,7 @@ def make_subset(config: SubsetConfig) -> SubsetEntry:
     if not config.corpus:
         raise CorpusError("no corpus location given: pass --corpus PATH_OR_S3_URI")
     check_kept(config.corpus, "--corpus")
-    if (config.images is None) == (config.identities is None):
-        raise CorpusError("give exactly one of --images N or --identities N")
+    _check_sizes(config)
     manifest = load_manifest(config.corpus)
     version = manifest.latest if config.version is None else config.version
     manifest.entries_up_to(version)  # raises for a version that does not exist
