@@ -187,6 +187,19 @@ def cpus_per_worker(resources: dict[str, float], workers: int, use_gpu: bool) ->
     return 1.0 if resources.get("CPU", 0) >= 2 * workers else 0.5
 
 
+def finetune_cpus(cpus: int, concurrent_folds: int, use_gpu: bool, trainers: int = 6) -> float:
+    """CPUs per fold trainer: the cluster's CPUs shared by the trainers that run at once.
+
+    On few cores the demo starts all six (3 folds x 2 arms) at once: each trainer's start (a
+    controller and a worker process importing torch, Ray Train, MLflow: about 10 CPU-seconds)
+    then overlaps the others' training instead of adding up round after round.
+    """
+    if use_gpu:
+        return 1.0
+    at_once = trainers if concurrent_folds == 0 else min(concurrent_folds, trainers)
+    return max(0.25, min(1.0, round(cpus / at_once, 2)))
+
+
 def warn_if_local_workdir_on_many_nodes(workdir: str, out: TextIO) -> None:
     import ray
 
@@ -428,7 +441,7 @@ def run_demo(
                 model={"width": scale.width},
                 workers=1,
                 gpus_per_worker=config.gpus_per_worker,
-                cpus_per_worker=0.5 if not use_gpu and cpus < 4 else 1.0,
+                cpus_per_worker=finetune_cpus(cpus, scale.concurrent_folds, use_gpu),
                 concurrent_folds=scale.concurrent_folds,
                 batch_size=scale.batch_size,
                 max_epochs=scale.finetune_epochs,

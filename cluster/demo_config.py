@@ -38,13 +38,13 @@ SCALES: dict[str, DemoScale] = {
         people=24, images_per_person=4, disfa_subjects=6, disfa_frames=12, disfa_stride=45,
         width=0.125, pretrain_workers=2, pretrain_steps=2,
         finetune_epochs=1, finetune_patience=1, finetune_batches_per_epoch=2,
-        batch_size=16, concurrent_folds=2, plots=False, minutes_on_2_cores=3.0,
+        batch_size=16, concurrent_folds=0, plots=False, minutes_on_2_cores=3.0,
     ),
     "small": DemoScale(
         people=300, images_per_person=10, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
         width=0.125, pretrain_workers=2, pretrain_steps=1000,
-        finetune_epochs=6, finetune_patience=3, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=10.0,
+        finetune_epochs=12, finetune_patience=6, finetune_batches_per_epoch=None,
+        batch_size=32, concurrent_folds=0, plots=True, minutes_on_2_cores=10.0,
     ),
     "medium": DemoScale(
         people=1000, images_per_person=12, disfa_subjects=27, disfa_frames=108, disfa_stride=45,

@@ -396,7 +396,7 @@ def test_synthetic_world_left_camera(tmp_path, ray_local):
     if not hasattr(synth, "generate_disfa"):
         pytest.skip("pipeline.synth has no generate_disfa yet")
     world = synth.generate_disfa(
-        str(tmp_path / "world"), subjects=3, frames=6, seed=1, frame_size=(240, 240)
+        str(tmp_path / "world"), subjects=3, frames=6, seed=1, frame_size=(240, 240), cameras="both"
     )
     config = DisfaConfig(
         root=world.out, camera="left", cache=str(tmp_path / "cache"), frames_per_task=4, workers=2

@@ -18,6 +18,8 @@ from training.model import (
 )
 
 THIN = ModelConfig(width=0.125)
+#: The paper's Table I net: no BatchNorm (the product's default adds it; see the README).
+PAPER = ModelConfig(batch_norm=False)
 
 
 def conv_macs_at_64(width_channels: list[tuple[int, int, int]]) -> int:
@@ -26,7 +28,7 @@ def conv_macs_at_64(width_channels: list[tuple[int, int, int]]) -> int:
 
 
 def test_full_width_layer_sizes_follow_table_one() -> None:
-    model = build_model(ModelConfig())
+    model = build_model(PAPER)
     convs = [m for m in model.conv_blocks.modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 256, 256, 256]
     assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
@@ -156,7 +158,7 @@ def test_parameter_count_matches_layer_arithmetic() -> None:
     convs += [(256, 256)] * 3
     conv_params = sum(c_in * c_out * 9 + c_out for c_in, c_out in convs)
     fc_params = (4096 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 17 + 17)
-    model: VGG13 = build_model(ModelConfig())
+    model: VGG13 = build_model(PAPER)
     assert count_parameters(model) == conv_params + fc_params
     freeze_conv_blocks(model, 4)
     assert count_parameters(model, trainable_only=True) == fc_params

@@ -168,7 +168,7 @@ def test_pretraining_against_an_mlflow_server_is_visible_through_its_rest_api(
     assert params["corpus_uri"] == corpus.uri
     assert params["corpus_version"] == "1"
     assert params["corpus_manifest_hash"] == load_manifest(corpus.uri).content_hash(1)
-    assert params["workers"] == "2" and params["lr"] == "0.005"
+    assert params["workers"] == "2" and params["lr"] == str(config.lr)
     assert float(params["pixel_mean"]) == pytest.approx(corpus.train_pixel_mean, abs=1e-9)
     metrics = {m["key"]: m for m in run["data"]["metrics"]}
     for key in ("train_loss", "val_loss", "val_f1_mean", "samples_per_s", "data_wait_fraction"):

@@ -196,7 +196,7 @@ def test_tables_iv_and_v_and_both_figures_are_written(experiment):
     for number, label, key in (("4", "64 images", "images-64"), ("5", "8 people", "identities-8")):
         markdown = (report / f"table{number}.md").read_text()
         lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if "|" in line}
-        assert "53.6" in lines["OpenFace 2.0"] and "56.9" in lines["LP-Net"]
+        assert "53.6" in lines["OpenFace 2.0 (paper)"] and "56.9" in lines["LP-Net (paper)"]
         assert label in lines
         with open(report / f"table{number}.csv", newline="") as handle:
             rows = {row[0]: row[1:] for row in csv.reader(handle)}
@@ -204,7 +204,7 @@ def test_tables_iv_and_v_and_both_figures_are_written(experiment):
         assert float(rows[label][-2]) == pytest.approx(100 * ours.mean("f1"))  # Avg (8 AUs)
         assert float(rows[label][-1]) == pytest.approx(100 * ours.mean("f1", paper8=False))
         assert float(rows[label][0]) == pytest.approx(100 * ours.per_au["AU01"]["f1"])
-        assert rows["LP-Net"][0] == "" and float(rows["LP-Net"][-2]) == 56.9
+        assert rows["LP-Net (paper)"][0] == "" and float(rows["LP-Net (paper)"][-2]) == 56.9
     for name in ("figure3_images.png", "figure4_people.png"):
         data = (report / name).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000

@@ -90,10 +90,12 @@ class VGG13(nn.Module):
 
     def train(self, mode: bool = True) -> VGG13:
         super().train(mode)
-        # Frozen blocks must not keep updating BatchNorm running statistics; dropout stays as is.
+        # Frozen blocks must not keep updating BatchNorm running statistics; their dropout stays
+        # on while layers above them learn. A frozen classifier means a linear probe: everything
+        # frozen then runs as in inference (no dropout), so the head sees fixed features.
         for block in self.conv_blocks[: self.frozen_blocks]:
             for module in block.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) or self.frozen_classifier:
                     module.eval()
         if self.frozen_classifier:
             self.classifier.eval()

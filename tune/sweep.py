@@ -112,7 +112,7 @@ class SweepResult:
 
     @property
     def beats_defaults(self) -> bool | None:
-        """Whether the chosen config's validation F1 exceeds the paper defaults' trial's."""
+        """Whether the chosen config's validation F1 exceeds the base config's trial's."""
         if self.best is None or self.defaults is None:
             return None
         return self.best.val_f1 > self.defaults.val_f1
@@ -495,7 +495,7 @@ def sweep_summary(result: SweepResult) -> str:
         )
     if result.defaults is not None:
         lines.append(
-            f"  paper defaults: validation F1 {100 * result.defaults.val_f1:.1f} "
+            f"  base config: validation F1 {100 * result.defaults.val_f1:.1f} "
             f"-> tuned config {'beats' if result.beats_defaults else 'does not beat'} them"
         )
     if result.test:

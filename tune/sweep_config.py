@@ -134,7 +134,7 @@ class SweepConfig:
     include_defaults: bool = field(
         default=True,
         metadata={
-            "help": "evaluate the base fine-tuning config (the paper's defaults) as the first "
+            "help": "evaluate the base fine-tuning config (--config, else the defaults) as the first "
             "trial, so the sweep's best can be compared with it on validation"
         },
     )
@@ -197,7 +197,7 @@ class SweepConfig:
                 raise ValueError(f"SweepConfig: expected {expected}")
 
     def default_point(self) -> dict[str, Any]:
-        """The base fine-tuning config as a point of the search space (the paper's defaults)."""
+        """The base fine-tuning config as a point of the search space (its trial is the baseline)."""
         base = self.finetune
         if not base.class_weighting:
             weighting = "none"
