@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--tiers", default="30x100,90x20,280x5", help="the celeb world's people")
-    parser.add_argument("--wild-noise", type=float, default=0.5)
+    parser.add_argument("--wild-noise", type=float, default=0.0)
     parser.add_argument("--label-noise", type=float, default=1.0)
     parser.add_argument("--disfa-frames", type=int, default=108)
     parser.add_argument("--images", default="600,2000,all", help="the images axis (>= 10x)")

@@ -44,7 +44,7 @@ SCALES: dict[str, DemoScale] = {
         people=300, images_per_person=10, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
         width=0.125, pretrain_workers=2, pretrain_steps=1000,
         finetune_epochs=12, finetune_patience=6, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=0, plots=True, minutes_on_2_cores=10.0,
+        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=10.0,
     ),
     "medium": DemoScale(
         people=1000, images_per_person=12, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
@@ -112,11 +112,11 @@ class DemoConfig:
         },
     )
     wild_noise: float = field(
-        default=0.5,
+        default=0.0,
         metadata={
-            "help": "the labeler's extra false alarms on celebrity photos (1.0 = OpenFace's "
-            "MS-Celeb label rates, which at demo scale leave pre-training nothing to learn; see "
-            "README: departures)"
+            "help": "the labeler's extra false alarms on celebrity photos (0 = its DISFA error "
+            "rates; 1.0 = OpenFace's MS-Celeb label rates, which at demo scale leave pre-training "
+            "nothing to learn; see README: departures)"
         },
     )
     recipe: str = field(
