@@ -84,12 +84,13 @@ def main() -> None:
     parser.add_argument("--label-noise", type=float, default=1.0)
     parser.add_argument("--disfa-frames", type=int, default=108)
     parser.add_argument("--images", default="600,2000,all", help="the images axis (>= 10x)")
-    parser.add_argument("--identities", default="20,100,400", help="the people axis")
-    parser.add_argument("--identity-images", type=int, default=2000, help="its fixed budget")
+    parser.add_argument("--identities", default="20,80,300", help="the people axis")
+    parser.add_argument("--identity-images", type=int, default=1000, help="its fixed budget")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--pretrain-steps", type=int, default=600, help="per scaling point")
-    parser.add_argument("--compare-pretrain-steps", type=int, default=0,
-                        help="steps of the (a)/(b) pre-training; 0 = the scaling 'all' point's")  # fmt: skip
+    parser.add_argument("--compare-pretrain-steps", type=int, default=2000,
+                        help="steps of the (a)/(b) pre-training on the whole corpus (the demo's "
+                             "budget); 0 = reuse the scaling 'all' point's weights")  # fmt: skip
     parser.add_argument(
         "--point-eval", choices=["probe", "finetune"], default="probe",
         help="per scaling point: a linear probe (frozen backbone, declared) or the full fine-tune",
@@ -104,8 +105,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.tiers, args.disfa_frames = "6x40,10x8,16x4", 12
-        args.images, args.identities, args.identity_images = "60,200,all", "6,10,16", 160
+        args.images, args.identities, args.identity_images = "60,200,all", "4,8,16", 48
         args.pretrain_steps, args.finetune_epochs, args.probe_epochs = 4, 1, 1
+        args.compare_pretrain_steps = min(args.compare_pretrain_steps, 4)
 
     seeds = [int(s) for s in args.seeds.split(",")]
     work_dir = tempfile.TemporaryDirectory(prefix="facs-claims-")
@@ -157,7 +159,17 @@ def main() -> None:
         scaling = json.loads((root / "runs" / "scaling" / "report" / "scaling.json").read_text())
         points = {p["key"]: p for p in scaling["points"]}
         largest = points["all"]
-        runner.facs("finetune", *disfa_args, "--pretrained", largest["pretrain_checkpoint"],
+        weights = largest["pretrain_checkpoint"]
+        if args.compare_pretrain_steps:
+            runner.facs("pretrain", "--corpus", str(corpus), "--workers", "2",
+                        "--cpus-per-worker", "1", "--batch-size", "32",
+                        "--max-steps", str(args.compare_pretrain_steps), "--max-epochs", "10000",
+                        "--patience", "0", "--model-width", str(args.width),
+                        "--seed", str(seed), "--storage-path", str(root / "runs" / "pretrain"),
+                        "--run-name", "compare-pretrain", "--mlflow-uri", mlflow,
+                        "--register-as", "claims-compare")  # fmt: skip
+            weights = "models:/claims-compare/1"
+        runner.facs("finetune", *disfa_args, "--pretrained", weights,
                     "--compare-init", "--labeler-openface", str(disfa / "OpenFace"),
                     "--model-width", str(args.width), "--seed", str(seed),
                     "--max-epochs", str(args.finetune_epochs),
@@ -187,6 +199,24 @@ def main() -> None:
             }
         )
         print(f"[claims] seed {seed}: {json.dumps(per_seed[-1])}", flush=True)
+        results = summarise(args, seeds, per_seed, runner, started, load_before)
+        if not args.no_write:
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"[claims] wrote {RESULTS} ({len(per_seed)} of {len(seeds)} seeds)", flush=True)
+    print(json.dumps({k: results[k] for k in ("pretrained_vs_scratch", "pretrained_vs_labeler",
+                                              "scaling", "wall_minutes")}, indent=2))  # fmt: skip
+
+
+def summarise(
+    args: argparse.Namespace,
+    seeds: list[int],
+    per_seed: list[dict],
+    runner: Runner,
+    started: float,
+    load_before: tuple[float, float, float],
+) -> dict:
+    """The results file's content from the seeds done so far (written after every seed)."""
 
     def series(key: str) -> list[float]:
         return [s[key] for s in per_seed]
@@ -218,7 +248,9 @@ def main() -> None:
         "question": "the paper's claims on the synthetic worlds: (a) pre-training helps, (b) "
         "the student beats its noisy labeler, (c) F1 rises with pre-training images and people",
         "metric": "F1 (%) at 0.5 over the paper's 8 AUs, per fold then averaged over folds",
-        "seeds": seeds,
+        "seeds": [s["seed"] for s in per_seed],
+        "seeds_planned": seeds,
+        "complete": len(per_seed) == len(seeds),
         "settings": vars(args),
         "pretrained_vs_scratch": {
             "pretrained": pre,
@@ -243,12 +275,7 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
     }
-    print(json.dumps({k: results[k] for k in ("pretrained_vs_scratch", "pretrained_vs_labeler",
-                                              "scaling", "wall_minutes")}, indent=2))  # fmt: skip
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    return results
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ class DemoScale:
 
 
 #: ``tiny``: tests and the cluster integration test; ``small``: the default, the method shown
-#: in under 10 minutes on 2 CPU cores; ``medium``: about an hour there, minutes on a cluster;
-#: ``paper``: the paper's DISFA sessions and full-width VGG13, for a GPU cluster.
+#: in about 15 minutes on 2 CPU cores (measured: benchmarks/results/demo.json); ``medium``: about
+#: 1.5 hours there, minutes on a cluster; ``paper``: the paper's DISFA sessions and full-width VGG13, for a GPU cluster.
 SCALES: dict[str, DemoScale] = {
     "tiny": DemoScale(
         people=24, images_per_person=4, disfa_subjects=6, disfa_frames=12, disfa_stride=45,
@@ -42,9 +42,9 @@ SCALES: dict[str, DemoScale] = {
     ),
     "small": DemoScale(
         people=300, images_per_person=10, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
-        width=0.125, pretrain_workers=2, pretrain_steps=1000,
+        width=0.125, pretrain_workers=2, pretrain_steps=2000,
         finetune_epochs=12, finetune_patience=6, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=10.0,
+        batch_size=32, concurrent_folds=3, plots=True, minutes_on_2_cores=15.5,
     ),
     "medium": DemoScale(
         people=1000, images_per_person=12, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
@@ -74,7 +74,7 @@ class DemoConfig:
     scale: ScaleName = field(
         default="small",
         metadata={
-            "help": "preset size: tiny (tests, about 3 min), small (the method shown, about 10 "
+            "help": "preset size: tiny (tests, about 3 min), small (the method shown, about 15 "
             "min on 2 CPU cores), medium (about 1.5 hours on 2 cores), paper (DISFA's full "
             "sessions, width 1.0: a GPU cluster)"
         },

@@ -204,7 +204,9 @@ def test_tables_iv_and_v_and_both_figures_are_written(experiment):
         assert float(rows[label][-2]) == pytest.approx(100 * ours.mean("f1"))  # Avg (8 AUs)
         assert float(rows[label][-1]) == pytest.approx(100 * ours.mean("f1", paper8=False))
         assert float(rows[label][0]) == pytest.approx(100 * ours.per_au["AU01"]["f1"])
-        assert float(rows["LP-Net (paper)"][0]) == 29.9 and float(rows["LP-Net (paper)"][-2]) == 56.9
+        assert (
+            float(rows["LP-Net (paper)"][0]) == 29.9 and float(rows["LP-Net (paper)"][-2]) == 56.9
+        )
     for name in ("figure3_images.png", "figure4_people.png"):
         data = (report / name).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000
