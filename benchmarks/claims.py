@@ -37,7 +37,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.demo_config import SCALES  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "claims.json"
+#: Claims (a) and (b) pre-train as the default demo does, so both report the same model budget.
+DEMO = SCALES["small"]
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -88,7 +94,7 @@ def main() -> None:
     parser.add_argument("--identity-images", type=int, default=1000, help="its fixed budget")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--pretrain-steps", type=int, default=600, help="per scaling point")
-    parser.add_argument("--compare-pretrain-steps", type=int, default=2000,
+    parser.add_argument("--compare-pretrain-steps", type=int, default=DEMO.pretrain_steps,
                         help="steps of the (a)/(b) pre-training on the whole corpus (the demo's "
                              "budget); 0 = reuse the scaling 'all' point's weights")  # fmt: skip
     parser.add_argument(
@@ -161,13 +167,15 @@ def main() -> None:
         largest = points["all"]
         weights = largest["pretrain_checkpoint"]
         if args.compare_pretrain_steps:
-            runner.facs("pretrain", "--corpus", str(corpus), "--workers", "2",
-                        "--cpus-per-worker", "1", "--batch-size", "32",
+            runner.facs("pretrain", "--corpus", str(corpus),
+                        "--workers", str(DEMO.pretrain_workers), "--cpus-per-worker", "0.5",
+                        "--batch-size", str(DEMO.batch_size),
                         "--max-steps", str(args.compare_pretrain_steps), "--max-epochs", "10000",
                         "--patience", "0", "--model-width", str(args.width),
                         "--seed", str(seed), "--storage-path", str(root / "runs" / "pretrain"),
                         "--run-name", "compare-pretrain", "--mlflow-uri", mlflow,
                         "--register-as", "claims-compare")  # fmt: skip
+            # 0.5 CPU per worker, as the demo: workers holding every CPU starve Ray Data's reads.
             weights = "models:/claims-compare/1"
         runner.facs("finetune", *disfa_args, "--pretrained", weights,
                     "--compare-init", "--labeler-openface", str(disfa / "OpenFace"),

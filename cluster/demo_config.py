@@ -32,7 +32,8 @@ class DemoScale:
 
 #: ``tiny``: tests and the cluster integration test; ``small``: the default, the method shown
 #: in about 15 minutes on 2 CPU cores (measured: benchmarks/results/demo.json); ``medium``: about
-#: 1.5 hours there, minutes on a cluster; ``paper``: the paper's DISFA sessions and full-width VGG13, for a GPU cluster.
+#: 1.5 hours there, minutes on a cluster; ``paper``: the paper's DISFA sessions and full-width
+#: VGG13, for a GPU cluster.
 SCALES: dict[str, DemoScale] = {
     "tiny": DemoScale(
         people=24, images_per_person=4, disfa_subjects=6, disfa_frames=12, disfa_stride=45,
