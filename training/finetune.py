@@ -355,8 +355,7 @@ def finetune_with(setup: FoldSetup) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    channels_last = on_gpu and config.channels_last
+    channels_last = config.channels_last  # CPU too: benchmarks/cpu_memory_format.py
     autocast = Autocast(device, config.bf16)
 
     # The same seed for every arm: the new head (and a scratch network) start alike.

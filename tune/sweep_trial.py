@@ -133,6 +133,8 @@ def _fold_state(setup: TrialSetup, item: TrialFold, device: torch.device) -> _Fo
     freeze_classifier(core, config.freeze_classifier)
     set_fc_dropout(core, config.dropout)
     core = core.to(device)
+    if config.channels_last:
+        core = core.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(core)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad],
@@ -197,7 +199,7 @@ def sweep_worker(loop_config: dict[str, Any]) -> None:
                 state.loss_fn,
                 pixel_mean=state.setup.pixel_mean,
                 autocast=autocast,
-                channels_last=False,
+                channels_last=config.channels_last,
                 seen=state.seen["train"],
             )
             if stats.steps == 0:
@@ -213,7 +215,7 @@ def sweep_worker(loop_config: dict[str, Any]) -> None:
                     ),
                     pixel_mean=state.setup.pixel_mean,
                     autocast=autocast,
-                    channels_last=False,
+                    channels_last=config.channels_last,
                 )
                 if rank == 0
                 else EvalOutput.empty()
