@@ -39,11 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.demo import finetune_cpus  # noqa: E402
 from cluster.demo_config import SCALES  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims.json"
 #: Claims (a) and (b) pre-train as the default demo does, so both report the same model budget.
 DEMO = SCALES["small"]
+#: ... and fine-tune as it does: its runs at once, sharing this machine's CPUs.
+COMPARE_CPUS = finetune_cpus(os.cpu_count() or 1, DEMO.concurrent_folds, use_gpu=False)
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -182,7 +185,8 @@ def main() -> None:
                     "--model-width", str(args.width), "--seed", str(seed),
                     "--max-epochs", str(args.finetune_epochs),
                     "--patience", str(args.finetune_patience),
-                    "--concurrent-folds", "2", "--cpus-per-worker", "1",
+                    "--concurrent-folds", str(DEMO.concurrent_folds),
+                    "--cpus-per-worker", str(COMPARE_CPUS),
                     "--storage-path", str(root / "runs" / "compare"), "--run-name", "compare",
                     "--mlflow-uri", mlflow, "--register-as", "")  # fmt: skip
         compare = json.loads((root / "runs/compare/compare/report/summary.json").read_text())

@@ -197,7 +197,9 @@ def finetune_cpus(cpus: int, concurrent_folds: int, use_gpu: bool, trainers: int
     if use_gpu:
         return 1.0
     at_once = trainers if concurrent_folds == 0 else min(concurrent_folds, trainers)
-    return max(0.25, min(1.0, round(cpus / at_once, 2)))
+    # Rounded down: three trainers of round(2 / 3, 2) = 0.67 CPUs need 2.01 of 2, and Ray then
+    # queues the third (measured: three "at once" ran two at a time).
+    return max(0.25, min(1.0, math.floor(100 * cpus / at_once) / 100))
 
 
 def warn_if_local_workdir_on_many_nodes(workdir: str, out: TextIO) -> None:

@@ -45,7 +45,7 @@ SCALES: dict[str, DemoScale] = {
         people=300, images_per_person=10, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
         width=0.125, pretrain_workers=2, pretrain_steps=2000,
         finetune_epochs=12, finetune_patience=6, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=3, plots=True, minutes_on_2_cores=15.5,
+        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=15.5,
     ),
     "medium": DemoScale(
         people=1000, images_per_person=12, disfa_subjects=27, disfa_frames=108, disfa_stride=45,

@@ -16,6 +16,7 @@ from cluster.demo import (
     TABLE3,
     DemoPaths,
     DemoResult,
+    finetune_cpus,
     mlflow_ui_hint,
     prepare_workdir,
     register,
@@ -146,3 +147,14 @@ def test_the_ui_hint_for_a_local_store_names_the_command_and_the_runs(tmp_path):
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in hint
     assert "http://127.0.0.1:5000/#/experiments/7/runs/c1" in hint
     assert f"{PRETRAINED_MODEL} v1" in hint and f"{DISFA_MODEL} v2" in hint
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("concurrent", [0, 1, 2, 3, 4, 6])
+def test_fold_trainers_meant_to_run_at_once_fit_the_cpus_together(cpus, concurrent):
+    share = finetune_cpus(cpus, concurrent, use_gpu=False)
+    at_once = 6 if concurrent == 0 else concurrent
+    if cpus / at_once >= 0.25:  # above the floor, Ray must be able to start them all together
+        assert share * at_once <= cpus
+        assert share >= min(1.0, cpus / at_once) - 0.01
+    assert 0.25 <= share <= 1.0
