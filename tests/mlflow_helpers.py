@@ -102,6 +102,10 @@ def check_demo_runs(url: str, result: Any) -> None:
     def tags(run: dict) -> dict[str, str]:
         return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
+    experiment = rest(url, "experiments/get", experiment_id=result.experiment_id)["experiment"]
+    kind = {t["key"]: t["value"] for t in experiment.get("tags", [])}.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"  # the UI opens it on its training runs
+
     pretrain = by_id[result.pretrain_run_id]
     assert pretrain["info"]["status"] == "FINISHED"
     assert tags(pretrain)["facs.stage"] == "pretrain"

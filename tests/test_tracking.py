@@ -19,6 +19,7 @@ from training.model import ModelConfig
 from training.pretrain import run_pretraining
 from training.pretrain_config import REGISTERED_MODEL_NAME, PretrainConfig
 from training.tracking import (
+    EXPERIMENT_KIND_TAG,
     create_run,
     default_artifact_location,
     flatten,
@@ -104,6 +105,22 @@ def test_metrics_skip_nan_and_params_batch_past_mlflow_limits(tmp_path):
     assert len(data.params) == 251 and data.params["p249"] == "249"
     assert len(data.params["long"]) == 6000
     assert data.metrics == {"val_loss": 0.5}
+
+
+def test_experiments_open_as_model_training_unless_they_say_otherwise(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    client.create_experiment("old-untagged")
+    client.create_experiment("genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    names = ("new", "old-untagged", "genai")
+    for name in names:
+        create_run(uri, name, "r")
+    kinds = {n: client.get_experiment_by_name(n).tags.get(EXPERIMENT_KIND_TAG) for n in names}
+    assert kinds == {
+        "new": "custom_model_development",
+        "old-untagged": "custom_model_development",
+        "genai": "genai_development",  # a user's own choice is kept
+    }
 
 
 def get_json(url: str, **query) -> dict:

@@ -122,13 +122,30 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+#: The experiment tag MLflow 3's UI reads to choose its view; this value opens an experiment on
+#: its training runs (the UI's "model training" view) instead of the GenAI view (traces, prompts).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """The id of experiment ``name``, created (with a default artifact location) if missing."""
+    """The id of experiment ``name``, created (with a default artifact location) if missing.
+
+    The experiment is tagged as a model-training one unless it already says what kind it is.
+    """
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+    if experiment is None:
+        experiment_id = client.create_experiment(
+            name,
+            artifact_location=default_artifact_location(tracking_uri),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
+    else:
+        experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment_id
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
