@@ -31,7 +31,7 @@ from pipeline.synth.au_sampling import (
     sample_photo_latents,
     sample_video_latents,
 )
-from pipeline.synth.celeb_world import TRUTH_NAME, TSV_NAME, generate_celeb
+from pipeline.synth.celeb_world import TRUTH_NAME, TSV_NAME, generate_celeb, shard_bounds
 from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
 from pipeline.synth.disfa_world import (
     DEFAULT_STRIDE,
@@ -616,3 +616,15 @@ def test_worlds_can_be_written_to_s3(s3_bucket, celeb, tmp_path):
     assert (
         Location.of(f"s3://{s3_bucket}/disfa/{video}").read_bytes() == (local / video).read_bytes()
     )
+
+
+def test_shards_of_a_long_tailed_world_hold_about_equal_images_and_every_person_once():
+    counts = [100] * 30 + [20] * 90 + [5] * 280  # claims.py's tiers: 6,200 photos of 400 people
+    bounds = shard_bounds(counts, people_per_shard=200)
+    assert len(bounds) == 2
+    assert [b[0] for b in bounds[1:]] == [b[1] for b in bounds[:-1]]  # contiguous
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(counts)
+    sizes = [sum(counts[a:b]) for a, b in bounds]
+    assert max(sizes) - min(sizes) <= max(counts)  # the people cut gave 5,200 vs 1,000
+    assert shard_bounds([3] * 5, people_per_shard=2) == [(0, 2), (2, 4), (4, 5)]
+    assert shard_bounds([7], people_per_shard=200) == [(0, 1)]

@@ -17,6 +17,7 @@ whether people are generated in one process or in parallel shards.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from dataclasses import dataclass
 
@@ -169,6 +170,25 @@ def images_per_person_of(people: int, images_per_person: int, tiers: str = "") -
     return [images for count, images in parse_tiers(tiers) for _ in range(count)]
 
 
+def shard_bounds(counts: list[int], people_per_shard: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` person ranges: ``ceil(people / people_per_shard)`` shards of about equal
+    image counts. Cut by people alone, a long-tailed world's first shard held its many-photo
+    people (measured: 5,200 of 6,200 images in one of two shards, one core idle for 2 minutes).
+    Each person's photos come from their own seed: the bounds never change the bytes."""
+    shards = min(len(counts), math.ceil(len(counts) / max(1, people_per_shard)))
+    target = sum(counts) / shards
+    bounds: list[tuple[int, int]] = []
+    start, done = 0, 0
+    for index, images in enumerate(counts):
+        done += images
+        last_person = index + 1 == len(counts)
+        if not last_person and len(bounds) < shards - 1 and done >= target * (len(bounds) + 1):
+            bounds.append((start, index + 1))
+            start = index + 1
+    bounds.append((start, len(counts)))
+    return bounds
+
+
 def generate_celeb(
     out: str,
     *,
@@ -204,20 +224,19 @@ def generate_celeb(
         raise ValueError(f"noise and wild_noise must be >= 0, got {noise} and {wild_noise}")
     root = Location.of(out)
     clear_parts(root)
-    step = max(1, people_per_shard)
     tasks = [
         (
             root.uri,
             seed,
             start,
-            min(start + step, people),
-            tuple(counts[start : min(start + step, people)]),
+            stop,
+            tuple(counts[start:stop]),
             noise,
             rates,
             image_size,
             wild_noise,
         )  # fmt: skip
-        for start in range(0, people, step)
+        for start, stop in shard_bounds(counts, people_per_shard)
     ]
     images = sum(run_tasks(_write_shard, tasks, use_ray=use_ray, workers=workers))
     join_parts(root, ".tsv", root.join(TSV_NAME))

@@ -42,7 +42,10 @@ class SynthCelebConfig:
     )
     image_size: int = field(default=256, metadata={"help": "side of the square images, pixels"})
     people_per_shard: int = field(
-        default=200, metadata={"help": "people generated per task (one TSV shard each)"}
+        default=200,
+        metadata={
+            "help": "people / this = the number of tasks (TSV shards), balanced by image count"
+        },
     )
     use_ray: bool = field(
         default=False, metadata={"help": "generate shards in parallel as Ray tasks"}
