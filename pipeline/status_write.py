@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from pipeline.sources.records import IO_TASK_CPUS, io_concurrency
@@ -46,13 +47,26 @@ def write_by_status(
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
     )
-    # Ray 2.60 deprecates min_rows_per_file with partition_cols (supported until 2027-02); the
-    # suggested repartition by key is an all-to-all shuffle, which a streaming build avoids.
-    rows.write_parquet(
+    # Files of about ``rows_per_file`` rows: blocks of that many rows first, each block then written
+    # as one file per status. (Ray 2.60 deprecates ``min_rows_per_file`` with ``partition_cols``;
+    # its suggested repartition by key is an all-to-all shuffle, which a streaming build avoids.)
+    blocks = rows.map_batches(
+        _as_block,
+        batch_size=rows_per_file,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
+        compute=ray.data.TaskPoolStrategy(size=io_concurrency()),
+        num_cpus=IO_TASK_CPUS,
+    )
+    blocks.write_parquet(
         location.path,
         filesystem=location.fs,
         partition_cols=[STATUS_COLUMN],
-        min_rows_per_file=rows_per_file,
         ray_remote_args={"num_cpus": IO_TASK_CPUS},
         concurrency=io_concurrency(),
     )
+
+
+def _as_block(batch: pa.Table) -> pa.Table:
+    """The batch unchanged: ``map_batches``'s ``batch_size`` does the regrouping."""
+    return batch

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray.train
 import torch
 from corpus_fixture import band_rows, make_corpus
 from mlflow.tracking import MlflowClient
+from ray.data import DataContext
 
 from pipeline.corpus.manifest import load_manifest
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 from training.augment import AugmentConfig
 from training.checkpoints import load_checkpoint, load_pretrained
-from training.data import FaceBatchCollate, faces_from_arrow, labels_from_arrow, pixel_mean
+from training.data import (
+    FaceBatchCollate,
+    faces_from_arrow,
+    ingest_config,
+    labels_from_arrow,
+    pixel_mean,
+)
 from training.model import ModelConfig
 from training.pretrain import (
     FAIL_ENV,
@@ -278,3 +287,15 @@ def test_checkpoints_and_run_records_work_on_s3(s3_bucket, tmp_path, corpus):
     ):
         root.join(name, RUN_INFO).write_text_atomic(json.dumps({"created": created}))
     assert choose_run(config, root)[0] == "new"
+
+
+def test_ray_train_ingest_options_carry_the_data_context_without_the_deprecated_exclusion():
+    with pytest.warns(DeprecationWarning, match="exclude_resources"):  # Ray's own default does
+        ray.train.DataConfig(["train"])._resolve_execution_options("train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        options = ingest_config(["train"])._resolve_execution_options("train")
+    current = DataContext.get_current().execution_options
+    assert options.resource_limits == current.resource_limits
+    assert options.preserve_order == current.preserve_order
+    assert not any(options.exclude_resources.to_resource_dict().values())

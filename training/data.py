@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import ray
+import ray.train
 import torch
+from ray.data import DataContext, ExecutionOptions
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipeline.corpus.read import read_corpus
@@ -18,6 +20,22 @@ FACE_COLUMN = "face"
 #: The pre-training targets, in the order of the model's 17 logits.
 LABEL_COLUMNS: tuple[str, ...] = OPENFACE_AUS
 FACE_BYTES = FACE_SIZE * FACE_SIZE
+
+
+def ingest_config(datasets_to_split: str | list[str] = "all") -> ray.train.DataConfig:
+    """Ray Train's data config with its ingest options given explicitly.
+
+    Ray Train's default ingest options copy ``ExecutionOptions.exclude_resources``, which Ray 2.60
+    deprecates (a warning per dataset); these carry the same limits, order and progress settings
+    from the current ``DataContext`` without it.
+    """
+    current = DataContext.get_current().execution_options
+    options = ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=current.preserve_order,
+        verbose_progress=current.verbose_progress,
+    )
+    return ray.train.DataConfig(datasets_to_split=datasets_to_split, execution_options=options)
 
 
 def corpus_splits(

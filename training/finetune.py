@@ -59,7 +59,7 @@ from training.checkpoints import (
     save_checkpoint,
     unwrapped_state_dict,
 )
-from training.data import FACE_COLUMN, BatchOptions, faces_from_arrow, pixel_mean
+from training.data import FACE_COLUMN, BatchOptions, faces_from_arrow, ingest_config, pixel_mean
 from training.evaluate import (
     LABELER_ROW,
     CVMetrics,
@@ -831,7 +831,7 @@ def train_fold(
         run_config=fold_run_config(config, root, f"{arm}-fold{fold.index}"),
         datasets=data.datasets,
         # Only training is sharded; validation and test are read whole by rank 0.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ingest_config(["train"]),
     )
     try:
         result = trainer.fit()

@@ -30,7 +30,7 @@ from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.schema import UNLABELLED
 from pipeline.storage import Location, is_s3
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
-from training.data import corpus_splits, pixel_mean
+from training.data import corpus_splits, ingest_config, pixel_mean
 from training.flops import count_parameters, flops_per_sample
 from training.model import build_model
 from training.pretrain_config import PretrainConfig
@@ -337,6 +337,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
         scaling_config=scaling_config(config),
         run_config=run_config(config, root, name),
         datasets=datasets,
+        dataset_config=ingest_config(),
     )
     try:
         result = trainer.fit()

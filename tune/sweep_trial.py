@@ -31,7 +31,7 @@ from torch import nn
 from pipeline.disfa import DisfaFrames, Fold
 from pipeline.storage import Location, is_s3
 from training.augment import FaceAugment
-from training.data import BatchOptions
+from training.data import BatchOptions, ingest_config
 from training.finetune import (
     LABEL_COLUMNS,
     EvalOutput,
@@ -379,8 +379,6 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=[name for name in datasets if name.startswith("train_")]
-        ),
+        dataset_config=ingest_config([name for name in datasets if name.startswith("train_")]),
     )
     trainer.fit()

@@ -169,7 +169,7 @@ class DisfaFrames:
             fn_kwargs={"subjects": subjects},
             batch_format="pyarrow",
             num_cpus=IO_TASK_CPUS,
-            concurrency=io_concurrency(),
+            compute=ray.data.TaskPoolStrategy(size=io_concurrency()),
         )
 
     def table(
