@@ -110,6 +110,9 @@ def check_demo_runs(url: str, result: Any) -> None:
     assert pretrain["info"]["status"] == "FINISHED"
     assert tags(pretrain)["facs.stage"] == "pretrain"
     assert {"val_loss", "train_loss", "final_best_val_loss"} <= set(metrics(pretrain))
+    params = {p["key"] for p in pretrain["data"].get("params", [])}
+    assert {"lr", "batch_size", "corpus_manifest_hash"} <= params
+    assert not {p for p in params if p.startswith("fail")}  # test-only settings are not params
 
     assert by_id[result.compare_run_id]["info"]["status"] == "FINISHED"
     assert set(result.arm_run_ids) == {"pretrained", "scratch"}

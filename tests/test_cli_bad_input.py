@@ -20,8 +20,11 @@ from corpus_fixture import make_corpus
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def facs(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def facs(
+    args: list[str], cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "FACS_"))}
+    env.update(extra_env or {})
     env["RAY_ADDRESS"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
@@ -118,10 +121,6 @@ def test_pretraining_an_unlabelled_corpus_says_no_row_is_labelled_and_how_to_lab
     [
         (["pretrain", "--corpus", "{labelled}", "--model-width", "-1"], "width > 0, got -1.0"),
         (["pretrain", "--corpus", "{labelled}", "--version", "0"], "version >= 1, got 0"),
-        (
-            ["pretrain", "--corpus", "{labelled}", "--fail-at-epoch", "1", "--fail-rank", "3"],
-            "fail_rank: expected a worker rank in [0, 1)",
-        ),
         (["predict", "photo.jpg"], "expected a model (--model"),
         (
             ["finetune", "--disfa", "d", "--init", "scratch", "--threshold", "1.5"],
@@ -146,6 +145,15 @@ def test_config_errors_are_reported_before_ray_starts_and_nothing_is_written(
     refused(facs(args, tmp_path), expected)
     assert listing(tmp_path) == {}
     assert listing(Path(labelled)) == before
+
+
+def test_fault_injection_for_a_worker_that_does_not_exist_is_refused_before_ray_starts(
+    labelled, tmp_path
+):
+    env = {"FACS_PRETRAIN_FAIL_AT_EPOCH": "1", "FACS_PRETRAIN_FAIL_RANK": "3"}
+    done = facs(["pretrain", "--corpus", labelled], tmp_path, env)
+    refused(done, "FACS_PRETRAIN_FAIL_RANK: expected a worker rank in [0, 1), got 3")
+    assert listing(tmp_path) == {}
 
 
 def test_the_unlabelled_fixture_really_has_no_labels(unlabelled):

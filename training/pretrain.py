@@ -51,7 +51,11 @@ from training.train_loop import WorkerSetup, train_worker
 
 RUN_INFO = "facs_run.json"
 FAULT_MARKER = "fault-injected"
+#: Test-only fault injection, kept out of the config (and so out of the runs' params): worker
+#: FACS_PRETRAIN_FAIL_RANK (default 1) exits mid-way through epoch FACS_PRETRAIN_FAIL_AT_EPOCH,
+#: first attempt only.
 FAIL_ENV = "FACS_PRETRAIN_FAIL_AT_EPOCH"
+FAIL_RANK_ENV = "FACS_PRETRAIN_FAIL_RANK"
 #: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_STORAGE = "./runs/pretrain"
 
@@ -134,18 +138,19 @@ def storage_root(config: PretrainConfig) -> Location:
     return Location.of(storage_uri(config))
 
 
-def fail_epoch(config: PretrainConfig) -> int:
-    return config.fail_at_epoch or int(os.environ.get(FAIL_ENV, "0") or 0)
+def fault_injection() -> tuple[int, int]:
+    """``(epoch, rank)`` of the test-only injected failure; epoch 0 = none."""
+    return int(os.environ.get(FAIL_ENV, "0") or 0), int(os.environ.get(FAIL_RANK_ENV, "1") or 1)
 
 
 def check_pretraining(config: PretrainConfig) -> CorpusFacts:
     """Everything a run can be refused for before Ray starts (the CLI calls it first): the corpus
     version or subset and its labelled rows, the run storage, the MLflow store, fault injection."""
     facts = corpus_facts(config)
-    if fail_epoch(config) and not 0 <= config.fail_rank < config.workers:
+    fail_at_epoch, fail_rank = fault_injection()
+    if fail_at_epoch and not 0 <= fail_rank < config.workers:
         raise ValueError(
-            f"PretrainConfig.fail_rank: expected a worker rank in [0, {config.workers}), "
-            f"got {config.fail_rank}"
+            f"{FAIL_RANK_ENV}: expected a worker rank in [0, {config.workers}), got {fail_rank}"
         )
     storage_uri(config)
     resolve_tracking_uri(config.mlflow_uri)
@@ -276,7 +281,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     workers fail more than ``max_failures`` times (the MLflow run is then marked FAILED).
     """
     facts = check_pretraining(config)
-    fail_at_epoch = fail_epoch(config)
+    fail_at_epoch, fail_rank = fault_injection()
     default_storage = not config.storage_path
     config = replace(config, storage_path=storage_uri(config))
     root = Location.of(config.storage_path)
@@ -325,10 +330,11 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
         )
 
     setup = WorkerSetup(
-        config=replace(config, fail_at_epoch=fail_at_epoch),
+        config=config,
         pixel_mean=mean,
         mlflow_run=mlflow_run,
         fail_at_epoch=fail_at_epoch,
+        fail_rank=fail_rank,
         fault_marker=run_dir.join(FAULT_MARKER).uri if fail_at_epoch else "",
     )
     trainer = TorchTrainer(

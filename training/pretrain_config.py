@@ -161,16 +161,6 @@ class PretrainConfig:
     log_every: int = field(
         default=0, metadata={"help": "print progress every N steps within an epoch (0 = off)"}
     )
-    fail_at_epoch: int = field(
-        default=0,
-        metadata={
-            "help": "testing: worker fail_rank exits mid-way through this epoch, first attempt only "
-            "(0 = off; env FACS_PRETRAIN_FAIL_AT_EPOCH also sets it)"
-        },
-    )
-    fail_rank: int = field(
-        default=1, metadata={"help": "testing: the worker that fail_at_epoch kills"}
-    )
 
     def __post_init__(self) -> None:
         checks = [

@@ -61,8 +61,10 @@ class WorkerSetup:
     config: PretrainConfig
     pixel_mean: float
     mlflow_run: RunHandle | None
-    #: ``fail_at_epoch`` after the driver read FACS_PRETRAIN_FAIL_AT_EPOCH.
+    #: Test-only fault injection (``training.pretrain.fault_injection``): worker ``fail_rank``
+    #: exits during epoch ``fail_at_epoch`` (0 = never).
     fail_at_epoch: int = 0
+    fail_rank: int = 1
     #: A file in the run's storage written just before the injected failure: first attempt only.
     fault_marker: str = ""
 
@@ -108,8 +110,7 @@ def inject_failure(setup: WorkerSetup, epoch: int, rank: int) -> None:
     few seconds), so a worker that dies sooner than that loses the checkpoint too, and recovery
     would restart one epoch earlier than the test expects.
     """
-    config = setup.config
-    if setup.fail_at_epoch != epoch or rank != config.fail_rank or not setup.fault_marker:
+    if setup.fail_at_epoch != epoch or rank != setup.fail_rank or not setup.fault_marker:
         return
     marker = Location.of(setup.fault_marker)
     if marker.exists():
