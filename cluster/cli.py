@@ -125,7 +125,11 @@ def _finetune(args: argparse.Namespace) -> int:
         )
     print(f"report: {result.report_uri}")
     if result.registered_model:
-        print(f"model: models:/{result.registered_model}/{result.registered_version}")
+        name = result.registered_model
+        print(
+            f"model: models:/{name}/{result.registered_version} "
+            f"(the best so far on the same evaluation: models:/{name}@champion)"
+        )
     print(f"MLflow: {result.tracking_uri}")
     return 0
 

@@ -74,6 +74,7 @@ from training.init_weights import InitWeights, initial_model, resolve_init
 from training.labeler_eval import evaluate_labeler
 from training.metrics import METRIC_NAMES, au_metrics, tune_thresholds
 from training.model import ModelConfig, freeze_classifier, freeze_conv_blocks
+from training.model_aliases import Evaluation
 from training.tracking import (
     RunHandle,
     create_run,
@@ -1237,6 +1238,16 @@ def _report_and_register(
             "fold": final.fold.index,
             "model_config": dict(state.model_config),
         },
+        evaluation=Evaluation(
+            key=(
+                f"{frames.uri}, {config.folds} {config.fold_scheme} folds (seed "
+                f"{config.fold_seed}, {config.val_subjects} val subjects), "
+                f"run {config.only_folds or 'all'}"
+            ),
+            metric="cv_test_f1_mean_paper8",
+            value=arm.mean_f1_paper8,
+            higher_is_better=True,
+        ),
     )
     result.model_uri = logged.model_uri
     result.registered_model = logged.registered_name

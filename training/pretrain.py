@@ -33,6 +33,7 @@ from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
 from training.data import corpus_splits, ingest_config, pixel_mean
 from training.flops import count_parameters, flops_per_sample
 from training.model import build_model
+from training.model_aliases import Evaluation
 from training.pretrain_config import PretrainConfig
 from training.tracking import (
     RunHandle,
@@ -401,6 +402,12 @@ def finish(
             "checkpoint": best_uri,
         },
         metadata={"corpus_version": facts.version, "best_epoch": best_state.epoch},
+        evaluation=Evaluation(
+            key=f"{facts.uri} v{facts.version} subset {facts.subset or '-'}, val split",
+            metric="val_loss",
+            value=best_state.best_val_loss,
+            higher_is_better=False,
+        ),
     )
     log_metrics(
         mlflow_run,

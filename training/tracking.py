@@ -34,6 +34,7 @@ from torch import nn
 from pipeline.environment import restored_environment
 from pipeline.run_storage import RunStorageError, check_kept, temporary_folder
 from pipeline.vocabulary import FACE_SIZE
+from training.model_aliases import Evaluation, promote_if_better
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
@@ -324,11 +325,14 @@ def log_model(
     register_as: str | None = None,
     version_tags: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    evaluation: Evaluation | None = None,
 ) -> LoggedModel:
     """Log ``model`` (eval mode, CPU) with a signature and input example; register it if asked.
 
     The input is the mean-normalised face (``pixels / 255 - pixel_mean``), so ``pixel_mean`` goes
     into the model's metadata and onto the registered version's tags: inference needs it.
+    ``evaluation``: how the model scored; a registered version then gets ``champion`` when it
+    beats the current champion on the same evaluation (``training.model_aliases``).
     """
     from mlflow.models import infer_signature
 
@@ -362,4 +366,9 @@ def log_model(
             register_as,
             tags={k: param_text(v) for k, v in tags.items() if v is not None},
         )
+    if evaluation is not None:
+        registry = MlflowClient(
+            run.tracking_uri, registry_uri=resolve_registry_uri(run.tracking_uri)
+        )
+        promote_if_better(registry, register_as, str(version.version), evaluation)
     return LoggedModel(info.model_uri, register_as, str(version.version))
