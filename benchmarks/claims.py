@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--identity-images", type=int, default=1000, help="its fixed budget")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--pretrain-steps", type=int, default=600, help="per scaling point")
+    parser.add_argument("--min-steps-per-epoch", type=int, default=100,
+                        help="scaling points: passes per epoch until this many steps (a 600-image "
+                             "point otherwise validated and checkpointed every 8 steps)")  # fmt: skip
     parser.add_argument("--compare-pretrain-steps", type=int, default=DEMO.pretrain_steps,
                         help="steps of the (a)/(b) pre-training on the whole corpus (the demo's "
                              "budget); 0 = reuse the scaling 'all' point's weights")  # fmt: skip
@@ -158,6 +161,7 @@ def main() -> None:
                     "--images", args.images, "--identities", args.identities,
                     "--identity-images", str(args.identity_images),
                     "--pretrain-steps", str(args.pretrain_steps),
+                    "--pretrain-min-steps-per-epoch", str(args.min_steps_per_epoch),
                     "--pretrain-model-width", str(args.width),
                     "--pretrain-seed", str(seed), "--finetune-seed", str(seed),
                     "--subset-seed", str(seed), "--concurrent", str(args.concurrent),

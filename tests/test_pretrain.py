@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 import ray.train
 import torch
 from corpus_fixture import band_rows, make_corpus
@@ -21,7 +22,9 @@ from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 from training.augment import AugmentConfig
 from training.checkpoints import load_checkpoint, load_pretrained
 from training.data import (
+    BatchOptions,
     FaceBatchCollate,
+    epoch_batches,
     faces_from_arrow,
     ingest_config,
     labels_from_arrow,
@@ -299,3 +302,27 @@ def test_ray_train_ingest_options_carry_the_data_context_without_the_deprecated_
     assert options.resource_limits == current.resource_limits
     assert options.preserve_order == current.preserve_order
     assert not any(options.exclude_resources.to_resource_dict().values())
+
+
+def test_an_epoch_repeats_reshuffled_passes_until_its_minimum_steps_within_the_limit():
+    rows = 100  # face i is filled with grey level i: the order of a pass can be read back
+    table = pa.table(
+        {
+            "face": pa.array([bytes([i]) * FACE_SIZE * FACE_SIZE for i in range(rows)]),
+            **{au: pa.array(np.zeros(rows, np.int8)) for au in OPENFACE_AUS},
+        }
+    )
+    shard = ray.data.from_arrow(table).iterator()
+    options = BatchOptions(batch_size=32, shuffle_buffer=100, drop_last=True, seed=3)
+
+    def order(**kwargs) -> list[list[int]]:
+        batches = epoch_batches(shard, options, **kwargs)
+        return [faces[:, 0, 0].tolist() for faces, _ in batches]
+
+    assert len(order()) == 3  # one pass: 100 rows -> 3 full batches
+    nine = order(min_steps=7)  # three passes of 3 batches
+    assert len(nine) == 9
+    passes = [sorted(sum(nine[k : k + 3], [])) for k in (0, 3, 6)]
+    assert all(len(set(p)) == 96 for p in passes)  # each pass draws rows once
+    assert sum(nine[0:3], []) != sum(nine[3:6], [])  # ... in a new order
+    assert len(order(min_steps=7, limit=5)) == 5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -138,6 +138,34 @@ def device_batches(
         if limit is not None and count >= limit:
             break
         yield batch["faces"], batch["labels"]
+
+
+def epoch_batches(
+    shard: ray.data.DataIterator,
+    options: BatchOptions,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+    min_steps: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of :func:`device_batches`: passes over ``shard`` (each reshuffled) until the
+    epoch has at least ``min_steps`` batches, never more than ``limit``.
+
+    Every worker of a run gets an equal shard, hence the same batches per pass and passes per
+    epoch: DDP's collective calls stay in step. A pass without a batch ends the epoch.
+    """
+    taken, passes = 0, 0
+    while True:
+        left = None if limit is None else limit - taken
+        if left is not None and left <= 0:
+            return
+        seed = None if options.seed is None else options.seed + 7919 * passes
+        before = taken
+        for batch in device_batches(shard, replace(options, seed=seed), device, left):
+            taken += 1
+            yield batch
+        passes += 1
+        if taken == before or taken >= min_steps:
+            return
 
 
 def pixel_sums(batch: pa.Table) -> pa.Table:

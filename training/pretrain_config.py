@@ -89,6 +89,14 @@ class PretrainConfig:
         default=None,
         metadata={"help": "cap on training steps per epoch (smoke tests, benchmarks)"},
     )
+    min_steps_per_epoch: int = field(
+        default=0,
+        metadata={
+            "help": "an epoch repeats passes over the training split (each reshuffled) until it "
+            "has taken this many steps: small subsets under a step budget otherwise spend most "
+            "of their time validating and checkpointing (0 = one pass)"
+        },
+    )
     val_batches: int | None = field(
         default=None, metadata={"help": "cap on validation batches per worker per epoch"}
     )
@@ -195,6 +203,10 @@ class PretrainConfig:
             (
                 self.batches_per_epoch is None or self.batches_per_epoch >= 1,
                 f"batches_per_epoch >= 1, got {self.batches_per_epoch}",
+            ),
+            (
+                self.min_steps_per_epoch >= 0,
+                f"min_steps_per_epoch >= 0, got {self.min_steps_per_epoch}",
             ),
             (
                 self.val_batches is None or self.val_batches >= 1,

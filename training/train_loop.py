@@ -27,7 +27,7 @@ from training.checkpoints import (
     save_checkpoint,
     unwrapped_state_dict,
 )
-from training.data import LABEL_COLUMNS, BatchOptions, device_batches
+from training.data import LABEL_COLUMNS, BatchOptions, device_batches, epoch_batches
 from training.metrics import au_metrics
 from training.model import build_model
 from training.pretrain_config import PretrainConfig, lr_factor
@@ -322,7 +322,7 @@ def train_with(setup: WorkerSetup) -> None:
             model,
             optimizer,
             augment,
-            device_batches(train_shard, train_options, device, limit),
+            epoch_batches(train_shard, train_options, device, limit, config.min_steps_per_epoch),
             pixel_mean=setup.pixel_mean,
             device=device,
             autocast=autocast,
