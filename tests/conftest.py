@@ -26,8 +26,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance (2 CPUs) for the whole test session."""
+def ray_local(s3_server):
+    """One local Ray instance (2 CPUs) for the whole test session.
+
+    Started after the S3 server: Ray's workers take the environment (the AWS endpoint variables)
+    from when Ray starts, so a Ray started before them sent S3 tests to the real AWS.
+    """
     import ray
 
     from pipeline.ray_runtime import ensure_ray
