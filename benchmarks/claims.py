@@ -6,9 +6,9 @@ Per seed (a new celeb world, DISFA world, subsets and initialisation each time):
    MS-Celeb; noisy OpenFace-style labels) and ``facs synth disfa`` (27 subjects, sessions at a
    stride, the same labeler's OpenFace CSVs), then ``facs corpus build``;
 2. claim (c), scaling: ``facs experiment scaling`` with a fixed optimizer-step budget per point,
-   images spanning >= 10x, and people at a fixed image budget; each point is evaluated with the
-   scaling experiment's fine-tuning settings (``--point-eval``: a full fine-tune, or the declared
-   cheaper linear probe of the frozen pre-trained features);
+   images spanning >= 10x, and people at a fixed image budget; each point is evaluated by
+   ``--point-eval``: the declared cheaper linear probe of the frozen pre-trained features
+   (default; ``training/linear_probe.py``, seconds per point) or the full fine-tune;
 3. claims (a) and (b): ``facs finetune --compare-init`` from the largest point's pre-trained
    weights: pre-trained vs. scratch under identical folds, seeds and budget, with the labeler
    scored on exactly the same test frames (``--labeler-openface``).
@@ -105,11 +105,11 @@ def main() -> None:
                              "budget); 0 = reuse the scaling 'all' point's weights")  # fmt: skip
     parser.add_argument(
         "--point-eval", choices=["probe", "finetune"], default="probe",
-        help="per scaling point: a linear probe (frozen backbone, declared) or the full fine-tune",
+        help="per scaling point: the declared linear probe of the frozen features "
+             "(training/linear_probe.py, seconds) or the full fine-tune (three trainers)",
     )  # fmt: skip
     parser.add_argument("--finetune-epochs", type=int, default=12)
     parser.add_argument("--finetune-patience", type=int, default=4)
-    parser.add_argument("--probe-epochs", type=int, default=8)
     parser.add_argument("--concurrent", type=int, default=2, help="scaling points run at once")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the path only")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
@@ -118,7 +118,7 @@ def main() -> None:
     if args.quick:
         args.tiers, args.disfa_frames = "6x40,10x8,16x4", 12
         args.images, args.identities, args.identity_images = "60,200,all", "4,8,16", 48
-        args.pretrain_steps, args.finetune_epochs, args.probe_epochs = 4, 1, 1
+        args.pretrain_steps, args.finetune_epochs = 4, 1
         args.compare_pretrain_steps = min(args.compare_pretrain_steps, 4)
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -150,13 +150,9 @@ def main() -> None:
                     "--labels-openface-images", str(celeb / "openface"),
                     "--bios", str(celeb / "Bios"))  # fmt: skip
         disfa_args = ["--disfa", str(disfa), "--disfa-cache", str(root / "disfa-cache")]
-        probe = (
-            ["--finetune-freeze-blocks", "4", "--finetune-freeze-classifier",
-             "--finetune-max-epochs", str(args.probe_epochs), "--finetune-patience", "0"]
-            if args.point_eval == "probe"
-            else ["--finetune-max-epochs", str(args.finetune_epochs),
-                  "--finetune-patience", str(args.finetune_patience)]
-        )  # fmt: skip
+        point_eval = ["--point-eval", args.point_eval,
+                      "--finetune-max-epochs", str(args.finetune_epochs),
+                      "--finetune-patience", str(args.finetune_patience)]  # fmt: skip
         runner.facs("experiment", "scaling", "--corpus", str(corpus), *disfa_args,
                     "--images", args.images, "--identities", args.identities,
                     "--identity-images", str(args.identity_images),
@@ -166,7 +162,7 @@ def main() -> None:
                     "--pretrain-seed", str(seed), "--finetune-seed", str(seed),
                     "--subset-seed", str(seed), "--concurrent", str(args.concurrent),
                     "--pretrain-cpus-per-worker", cpus_per_worker,
-                    *shared_finetune, *probe,
+                    *shared_finetune, *point_eval,
                     "--output", str(root / "runs"), "--run-name", "scaling",
                     "--mlflow-uri", mlflow)  # fmt: skip
         scaling = json.loads((root / "runs" / "scaling" / "report" / "scaling.json").read_text())
@@ -203,6 +199,9 @@ def main() -> None:
                 "images": [p["images"] for p in chosen],
                 "people": [p["people"] for p in chosen],
                 "f1": [round(100 * p["f1_mean_paper8"], 2) for p in chosen],
+                "pr_auc": [round(100 * p["pr_auc_mean_paper8"], 2) for p in chosen],
+                "roc_auc": [round(100 * p["roc_auc_mean_paper8"], 2) for p in chosen],
+                "seconds": [p["seconds"] for p in chosen],
             }
         per_seed.append(
             {
@@ -242,11 +241,14 @@ def summarise(
         sizes = per_seed[0]["scaling"][axis]["sizes"]
         f1 = [[s["scaling"][axis]["f1"][k] for s in per_seed] for k in range(len(sizes))]
         means = [float(np.mean(v)) for v in f1]
+        pr_auc = [[s["scaling"][axis]["pr_auc"][k] for s in per_seed] for k in range(len(sizes))]
         scaling_out[name] = {
             "sizes": sizes,
             "f1": f1,
             "f1_mean": [round(m, 2) for m in means],
             "f1_spread": [[min(v), max(v)] for v in f1],
+            "pr_auc": pr_auc,
+            "pr_auc_mean": [round(float(np.mean(v)), 2) for v in pr_auc],
             "spearman_mean_vs_size": spearman(sizes, means),
             "spearman_per_seed": [
                 spearman(sizes, [s["scaling"][axis]["f1"][k] for k in range(len(sizes))])

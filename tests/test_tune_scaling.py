@@ -17,8 +17,12 @@ from pipeline.corpus.manifest import CorpusError, load_manifest
 from pipeline.corpus.read import read_corpus, read_metadata_table
 from pipeline.disfa import DisfaConfig
 from pipeline.synth.disfa_world import generate_disfa
+from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.augment import AugmentConfig
+from training.finetune import prepared_folds
 from training.finetune_config import FinetuneConfig
+from training.init_weights import resolve_init, trained_model
+from training.linear_probe import probe_cross_validation
 from training.model import ModelConfig
 from training.pretrain_config import PretrainConfig
 from tune.scaling import plan_points, run_scaling
@@ -221,6 +225,29 @@ def test_tables_iv_and_v_and_both_figures_are_written(experiment):
     )
 
 
+@pytest.mark.slow
+def test_probe_points_are_scored_by_the_linear_probe_of_their_own_checkpoint(
+    ray_local, corpus, disfa, tmp_path
+):
+    config = small_config(
+        corpus.uri, disfa, tmp_path, identities=[], point_eval="probe", concurrent=1
+    )
+    result = run_scaling(config)
+    (only,) = result.points
+    assert only.finetune_run_id == "" and only.finetune_report == ""
+    frames, folds = prepared_folds(config.finetune)
+    again = probe_cross_validation(
+        trained_model(resolve_init(only.pretrain_checkpoint)), frames, folds
+    )
+    assert only.mean("f1") == pytest.approx(again.mean("f1", PAPER_COMPARISON_AUS))
+    assert only.mean("roc_auc") == pytest.approx(again.mean("roc_auc", PAPER_COMPARISON_AUS))
+    run = MlflowClient(result.tracking_uri).get_run(only.mlflow_run_id)
+    assert run.data.tags["facs.scaling.point_eval"] == "probe"
+    assert "finetune_run_id" not in run.data.tags
+    table = (Path(result.report_uri) / "table4.md").read_text()
+    assert "linear probe of the frozen pre-trained features" in table
+
+
 # -- Before any training ---------------------------------------------------------------------
 
 
@@ -265,7 +292,7 @@ def test_the_cli_reads_sizes_disfa_and_nested_settings(tmp_path):
             "experiment", "scaling", "--corpus", "s3://b/corpus", "--disfa", "/data/disfa",
             "--images", "1000,2000,all", "--identities", "12,all",
             "--pretrain-model-width", "0.25", "--finetune-yaml", str(base),
-            "--finetune-max-epochs", "9", "--concurrent", "2",
+            "--finetune-max-epochs", "9", "--concurrent", "2", "--point-eval", "probe",
         ]
     )  # fmt: skip
     config = config_from_args(args)
@@ -274,6 +301,6 @@ def test_the_cli_reads_sizes_disfa_and_nested_settings(tmp_path):
     assert config.disfa.root == "/data/disfa"
     assert config.pretrain.model.width == 0.25
     assert (config.finetune.lr, config.finetune.max_epochs) == (0.0003, 9)  # flag beats YAML
-    assert config.concurrent == 2
+    assert config.concurrent == 2 and config.point_eval == "probe"
     with pytest.raises(ValueError, match="images"):
         ScalingConfig(images=["1000", "lots"])

@@ -38,8 +38,11 @@ from pipeline.ray_runtime import ensure_ray
 from pipeline.run_storage import check_defaults_reachable, check_kept, output_location
 from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
-from training.finetune import CVResult, run_cross_validation
+from training.evaluate import CVMetrics
+from training.finetune import prepared_folds, run_cross_validation
 from training.finetune_config import FinetuneConfig
+from training.init_weights import resolve_init, trained_model
+from training.linear_probe import probe_cross_validation
 from training.metrics import METRIC_NAMES
 from training.pretrain import PretrainResult, run_pretraining
 from training.pretrain_config import PretrainConfig
@@ -294,9 +297,10 @@ def shared_finetune(config: ScalingConfig, root: Location, uri: str) -> Finetune
     )
 
 
-def point_figures(cv: CVResult) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+def point_figures(
+    metrics: CVMetrics,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Means (12 AUs and the paper's 8) and per-AU figures: per fold, averaged over folds."""
-    metrics = cv.arms["pretrained"].metrics
     means = {
         m: {"mean": metrics.mean(m), "mean_paper8": metrics.mean(m, PAPER_COMPARISON_AUS)}
         for m in METRIC_NAMES
@@ -306,14 +310,24 @@ def point_figures(cv: CVResult) -> tuple[dict[str, dict[str, float]], dict[str, 
     return means, per_au
 
 
+def probe_point(checkpoint: str, finetune: FinetuneConfig) -> CVMetrics:
+    """The declared cheaper evaluation: a linear probe of the checkpoint's frozen features on
+    the same DISFA folds (``training.linear_probe``)."""
+    frames, folds = prepared_folds(finetune)
+    model = trained_model(resolve_init(checkpoint))
+    return probe_cross_validation(model, frames, folds, finetune.threshold)
+
+
 def run_point(
     point: PlannedPoint,
     pretrain: PretrainConfig,
     finetune: FinetuneConfig,
     parent: RunHandle,
     experiment: str,
+    point_eval: str = "finetune",
 ) -> PointResult:
-    """Pre-train on the point's rows, fine-tune from the best checkpoint; log a child run."""
+    """Pre-train on the point's rows, evaluate the best checkpoint (fine-tune, or the linear
+    probe); log a child run."""
     start = time.perf_counter()
     child = create_run(
         parent.tracking_uri,
@@ -344,13 +358,19 @@ def run_point(
         )
         set_tags(RunHandle(pre.tracking_uri, "", pre.mlflow_run_id), links)
         set_tags(child, {"pretrain_run_id": pre.mlflow_run_id, "checkpoint": pre.best_checkpoint})
-        cv = run_cross_validation(
-            replace(finetune, pretrained=pre.best_checkpoint, run_name=point.key)
-        )
-        finetune_run = cv.arms["pretrained"].mlflow_run_id
-        set_tags(RunHandle(cv.tracking_uri, "", finetune_run), links)
-        set_tags(child, {"finetune_run_id": finetune_run, "finetune_report": cv.report_uri})
-        means, per_au = point_figures(cv)
+        if point_eval == "probe":
+            evaluated = probe_point(pre.best_checkpoint, finetune)
+            finetune_run, report_uri = "", ""
+            set_tags(child, {"facs.scaling.point_eval": "probe"})
+        else:
+            cv = run_cross_validation(
+                replace(finetune, pretrained=pre.best_checkpoint, run_name=point.key)
+            )
+            evaluated = cv.arms["pretrained"].metrics
+            finetune_run, report_uri = cv.arms["pretrained"].mlflow_run_id, cv.report_uri
+            set_tags(RunHandle(cv.tracking_uri, "", finetune_run), links)
+            set_tags(child, {"finetune_run_id": finetune_run, "finetune_report": report_uri})
+        means, per_au = point_figures(evaluated)
         metrics = {f"test_{m}_{k}": v for m, values in means.items() for k, v in values.items()}
         metrics.update({f"test_f1_{au}": v["f1"] for au, v in per_au.items()})
         metrics["pretrain_best_val_loss"] = pre.best_val_loss
@@ -373,7 +393,7 @@ def run_point(
         pretrain_checkpoint=pre.best_checkpoint,
         pretrain_epochs=pre.epochs,
         pretrain_best_val_loss=pre.best_val_loss,
-        finetune_report=cv.report_uri,
+        finetune_report=report_uri,
         means=means,
         per_au=per_au,
         seconds=time.perf_counter() - start,
@@ -477,7 +497,9 @@ def run_scaling(config: ScalingConfig) -> ScalingResult:
     try:
 
         def job(point: PlannedPoint) -> PointResult:
-            return run_point(point, pretrain, finetune, parent, config.experiment)
+            return run_point(
+                point, pretrain, finetune, parent, config.experiment, config.point_eval
+            )
 
         if config.concurrent > 1:
             with ThreadPoolExecutor(config.concurrent, thread_name_prefix="facs-scaling") as pool:
@@ -510,6 +532,7 @@ def experiment_facts(config: ScalingConfig, result: ScalingResult) -> dict[str, 
         "corpus_version": result.corpus_version,
         "balance": config.balance,
         "subset_seed": config.subset_seed,
+        "point_eval": config.point_eval,
         "mlflow_run_id": result.mlflow_run_id,
         "tracking_uri": result.tracking_uri,
         "pretrain": {

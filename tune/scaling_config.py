@@ -93,6 +93,14 @@ class ScalingConfig:
             "fine-tuning settings (the finetune section and --finetune-* flags override it)"
         },
     )
+    point_eval: Literal["finetune", "probe"] = field(
+        default="finetune",
+        metadata={
+            "help": "how each point's pre-trained weights are scored: 'finetune' (the paper: the "
+            "full cross-validated fine-tune) or 'probe' (declared cheaper: a linear probe of the "
+            "frozen features on the same folds, seconds instead of three fine-tunes)"
+        },
+    )
     concurrent: int = field(
         default=1,
         metadata={
@@ -138,6 +146,10 @@ class ScalingConfig:
         if self.corpus_version is not None and self.corpus_version < 1:
             raise ValueError(
                 f"ScalingConfig.corpus_version: expected >= 1, got {self.corpus_version}"
+            )
+        if self.point_eval not in ("finetune", "probe"):
+            raise ValueError(
+                f"ScalingConfig.point_eval: expected 'finetune' or 'probe', got {self.point_eval!r}"
             )
         if self.concurrent < 1:
             raise ValueError(f"ScalingConfig.concurrent: expected >= 1, got {self.concurrent}")

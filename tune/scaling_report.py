@@ -72,7 +72,14 @@ def table_rows(points: Sequence[PointResult], axis: str) -> dict[str, dict[str, 
     return rows
 
 
-def table_markdown(points: Sequence[PointResult], axis: str) -> str:
+PROBE_NOTE = (
+    " Declared cheaper evaluation (--point-eval probe): each row's figures are a linear probe of "
+    "the frozen pre-trained features (class-balanced logistic regression per AU on each fold's "
+    "training subjects), not a fine-tune; compare rows with each other, not with the paper's."
+)
+
+
+def table_markdown(points: Sequence[PointResult], axis: str, point_eval: str = "finetune") -> str:
     facts = AXIS_FACTS[axis]
     what = "pre-training images" if axis == "images" else "distinct people in pre-training"
     title = f"Table {facts['table']}: F1 (%) on DISFA against the number of {what}\n\n"
@@ -80,6 +87,8 @@ def table_markdown(points: Sequence[PointResult], axis: str) -> str:
         table_rows(points, axis), table_columns(), row_header=facts["header"], fmt="{:.1f}"
     )
     note = FOOTNOTE.format(avg12=AVERAGE_12, refs=" and ".join(REFERENCES), table=facts["table"])
+    if point_eval == "probe":
+        note += PROBE_NOTE
     return title + table + "\n" + note + "\n"
 
 
@@ -206,7 +215,10 @@ def write_scaling_report(out: str, result: ScalingResult, facts: dict[str, Any])
         if not points:
             continue
         number = {"IV": "4", "V": "5"}[facts_of_axis["table"]]
-        put(f"table{number}.md", table_markdown(points, axis))
+        put(
+            f"table{number}.md",
+            table_markdown(points, axis, facts.get("point_eval", "finetune")),
+        )
         put(
             f"table{number}.csv",
             table_csv(
