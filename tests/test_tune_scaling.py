@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -235,7 +236,7 @@ def test_probe_points_are_scored_by_the_linear_probe_of_their_own_checkpoint(
     result = run_scaling(config)
     (only,) = result.points
     assert only.finetune_run_id == "" and only.finetune_report == ""
-    frames, folds = prepared_folds(config.finetune)
+    frames, folds = prepared_folds(replace(config.finetune, disfa=config.disfa))
     again = probe_cross_validation(
         trained_model(resolve_init(only.pretrain_checkpoint)), frames, folds
     )
