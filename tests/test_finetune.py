@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def child_runs(client: MlflowClient, parent_id: str):
 
 
 def test_cross_validation_logs_a_parent_run_and_a_nested_run_per_fold(cv):
-    result, _, _ = cv
+    result, _, frames = cv
     arm = result.arms["pretrained"]
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(arm.mlflow_run_id)
@@ -120,6 +121,21 @@ def test_cross_validation_logs_a_parent_run_and_a_nested_run_per_fold(cv):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert sorted(steps) == [1, 2]
         assert "test_f1_mean" in run.data.metrics
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == f"disfa-{frames.manifest.key}-fold{fold.index}"
+        profile = json.loads(used.dataset.profile)
+        assert profile["test_subjects"] == len(fold.test_subjects)
+        assert profile["test_frames"] == sum(
+            frames.manifest.accepted_per_subject[s] for s in fold.test_subjects
+        )
+        assert profile["train_frames"] + profile["val_frames"] + profile["test_frames"] == (
+            frames.manifest.accepted
+        )
+    (used,) = parent.inputs.dataset_inputs
+    assert used.dataset.digest == frames.manifest.key
+    assert used.dataset.name == f"disfa-{frames.manifest.key}"
+    assert json.loads(used.dataset.source)["uri"] == frames.uri
+    assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "training"
     artifacts = {a.path for a in client.list_artifacts(arm.mlflow_run_id, "report")}
     assert {"report/table3.md", "report/table3.csv"} <= artifacts
 

@@ -108,6 +108,11 @@ def test_two_worker_run_logs_params_metrics_and_the_registered_model(resumed_run
     assert params["corpus_manifest_hash"] == load_manifest(corpus.uri).content_hash(1)
     assert params["model.width"] == "0.125"
     assert run.data.tags["corpus.version"] == "1"
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == "corpus-v1"
+    assert used.dataset.digest == params["corpus_manifest_hash"][:36]
+    assert json.loads(used.dataset.source)["uri"] == corpus.uri
+    assert json.loads(used.dataset.profile)["train_rows"] > 0
     # The fixture computed the train split's mean itself, from the pixels it drew.
     assert float(params["pixel_mean"]) == pytest.approx(corpus.train_pixel_mean, abs=1e-9)
     for key in ("val_f1_mean", "val_roc_auc_AU01", "val_pr_auc_AU28", "samples_per_s"):

@@ -80,6 +80,7 @@ from training.tracking import (
     create_run,
     end_run,
     git_commit,
+    log_dataset,
     log_metrics,
     log_model,
     log_params,
@@ -678,6 +679,7 @@ class FoldData:
     datasets: dict[str, ray.data.Dataset]
     pixel_mean: float
     pos_weight: list[float] | None
+    frames: DisfaFrames
 
 
 def class_weights(frames: DisfaFrames, subjects: Sequence[str], cap: float) -> list[float]:
@@ -745,7 +747,7 @@ def fold_data(
         if config.class_weighting
         else None
     )
-    return FoldData(fold, datasets, mean, weights)
+    return FoldData(fold, datasets, mean, weights, frames)
 
 
 def scaling_config(config: FinetuneConfig) -> ray.train.ScalingConfig:
@@ -814,6 +816,7 @@ def train_fold(
             "patience": config.patience,
         },
     )
+    log_disfa_input(fold_run, data.frames, fold)
     setup = FoldSetup(
         config=config,
         fold=fold,
@@ -1100,6 +1103,8 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
         parents[arm] = create_run(tracking_uri, config.experiment, f"{name}-{arm}", arm_tags)
         log_params(parents[arm], _run_params(config, frames, folds, arm, inits[arm]))
     every = [run for run in (compare_run, *parents.values()) if run is not None]
+    for run in every:
+        log_disfa_input(run, frames)
     print(
         f"[facs] finetune {name}: {len(folds)} folds x {arms} on {frames.manifest.accepted} "
         f"DISFA frames ({frames.uri}); MLflow {tracking_uri}",
@@ -1153,6 +1158,28 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     for run in every:
         end_run(run, "FINISHED")
     return result
+
+
+def log_disfa_input(
+    run: RunHandle, frames: DisfaFrames, fold: Fold | None = None, context: str = "training"
+) -> None:
+    """The DISFA cache entry as the run's MLflow dataset input (digest: the entry's key); a
+    fold's run gets the fold's view, with its subjects and frames per split."""
+    profile: dict[str, Any] = {
+        "frames_accepted": frames.manifest.accepted,
+        "frames_rejected": frames.manifest.rejected,
+        "rows_read": frames.manifest.rows_read,
+        "subjects": len(frames.subjects()),
+    }
+    if fold is not None:
+        per_subject = frames.manifest.accepted_per_subject
+        for split in ("train", "val", "test"):
+            subjects = getattr(fold, f"{split}_subjects")
+            profile[f"{split}_subjects"] = len(subjects)
+            profile[f"{split}_frames"] = sum(per_subject.get(s, 0) for s in subjects)
+    # MLflow keeps one dataset per (name, digest): a fold's split is its own named view.
+    name = f"disfa-{frames.manifest.key}" + (f"-fold{fold.index}" if fold is not None else "")
+    log_dataset(run, name, frames.uri, frames.manifest.key, profile, context)
 
 
 def _cv_metrics(metrics: CVMetrics, prefix: str = "test") -> dict[str, float]:

@@ -40,6 +40,7 @@ from training.tracking import (
     create_run,
     end_run,
     git_commit,
+    log_dataset,
     log_metrics,
     log_model,
     log_params,
@@ -245,6 +246,18 @@ def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: 
     }
     run = create_run(tracking_uri, config.experiment, name, tags)
     log_params(run, run_params(config, facts, mean))
+    counts = labelled_counts(facts.uri, facts.version, facts.subset)
+    log_dataset(
+        run,
+        name=f"corpus-v{facts.version}" + (f"-{facts.subset}" if facts.subset else ""),
+        source=facts.uri,
+        digest=facts.manifest_hash,
+        profile={
+            "version": facts.version,
+            "subset": facts.subset or "",
+            **{f"{split}_{k}": v for split, c in counts.items() for k, v in c.items()},
+        },
+    )
     return run
 
 
