@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from corpus_fixture import make_corpus
@@ -24,6 +26,7 @@ from training.tracking import (
     default_artifact_location,
     flatten,
     git_commit,
+    log_dataset,
     log_metrics,
     log_params,
     process_uris,
@@ -208,3 +211,25 @@ def test_pretraining_against_an_mlflow_server_is_visible_through_its_rest_api(
     assert float(tags["pixel_mean"]) == pytest.approx(corpus.train_pixel_mean)
     # The model's files went through the server's artifact proxy into its destination folder.
     assert list(artifacts.rglob("MLmodel")), f"no MLmodel file under {artifacts}"
+
+
+def test_runs_logging_one_dataset_at_once_all_record_it(server):
+    """Both demo arms log each fold's dataset at the same moment; MLflow's SQL store looks a
+    dataset up and then inserts it, so concurrent loggers race on its UNIQUE constraint."""
+    url, _ = server
+    runs = [create_run(url, "facs-datasets-at-once", f"arm{i}") for i in range(8)]
+    names = [f"disfa-key-fold{fold}" for fold in range(4)]
+    for name in names:
+        barrier = threading.Barrier(len(runs))
+
+        def log(run, name=name, barrier=barrier):
+            barrier.wait()
+            log_dataset(run, name, "/data/disfa", "key", {"frames": 72}, context="test")
+
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(log, runs))  # re-raises a worker's error
+    client = MlflowClient(url)
+    for run in runs:
+        logged = [i.dataset for i in client.get_run(run.run_id).inputs.dataset_inputs]
+        assert sorted(d.name for d in logged) == names
+        assert {d.digest for d in logged} == {"key"}

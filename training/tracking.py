@@ -19,6 +19,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -278,7 +280,29 @@ def log_dataset(
         profile=json.dumps(dict(profile), sort_keys=True),
     )
     tags = [InputTag(key="mlflow.data.context", value=context)]
-    run.client().log_inputs(run.run_id, datasets=[DatasetInput(dataset, tags)])
+    inputs = [DatasetInput(dataset, tags)]
+    for attempt in range(_DATASET_ATTEMPTS):
+        try:
+            run.client().log_inputs(run.run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if not _lost_dataset_race(error) or attempt == _DATASET_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+_DATASET_ATTEMPTS = 4
+
+
+def _lost_dataset_race(error: MlflowException) -> bool:
+    """True when another run inserted the same (name, digest) between MLflow's lookup and insert.
+
+    MLflow's SQL store looks a dataset up, then inserts it if missing; two runs logging one
+    dataset at once (both arms of a demo fine-tune on the same folds) can both miss it, and the
+    later insert hits the UNIQUE constraint. Retrying finds the row the winner wrote.
+    """
+    text = str(error)
+    return "UNIQUE constraint" in text or "IntegrityError" in text or "Duplicate entry" in text
 
 
 def end_run(run: RunHandle, status: str = "FINISHED") -> None:
