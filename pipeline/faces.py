@@ -15,7 +15,7 @@ from pipeline.images import ImageDecodeError, decode_gray
 from pipeline.rejects import RejectReason
 from pipeline.vocabulary import FACE_SIZE
 
-DETECTORS: tuple[str, ...] = ("haar", "dnn", "none")
+DETECTORS: tuple[str, ...] = ("haar", "cascade", "dlib-hog", "dlib-cnn", "dnn", "none")
 #: OpenCV's frontal-face cascade; the opencv-python 4.x wheels ship it under cv2.data.haarcascades.
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 #: The res10 SSD face detector's training mean (BGR) and input side.
@@ -27,10 +27,13 @@ _SSD_SIDE = 300
 class FaceConfig:
     """How faces are found and cropped. Defaults were tuned on the real photos in shared/data/faces."""
 
-    detector: Literal["haar", "dnn", "none"] = field(
-        default="haar",
+    detector: Literal["haar", "cascade", "dlib-hog", "dlib-cnn", "dnn", "none"] = field(
+        default="cascade",
         metadata={
-            "help": "haar: OpenCV's frontal-face Haar cascade (ships with opencv-python, works offline); "
+            "help": "haar: OpenCV's frontal-face Haar cascade (ships with opencv-python, offline); "
+            "cascade (default): frontal, then profile cascades both ways round, then tilted +-25 "
+            "degrees (turned and tilted faces; offline); "
+            "dlib-hog / dlib-cnn: dlib's HOG or CNN detector (pip install -e '.[dlib]'; offline); "
             "dnn: OpenCV DNN detector from --model-path (res10 SSD .caffemodel + --prototxt-path, "
             "or YuNet .onnx); none: the image already is a face crop (or use a given face box)"
         },
@@ -245,7 +248,7 @@ class DnnDetector:
             _, faces = self._yunet.detect(bgr)
             rows = [] if faces is None else faces
             return [
-                _clipped_box(r[0], r[1], r[0] + r[2], r[1] + r[3], r[14], width, height)
+                clipped_box(r[0], r[1], r[0] + r[2], r[1] + r[3], r[14], width, height)
                 for r in rows
             ]
         blob = cv2.dnn.blobFromImage(
@@ -254,7 +257,7 @@ class DnnDetector:
         self._net.setInput(blob)
         detections = self._net.forward().reshape(-1, 7)  # [image, class, score, x0, y0, x1, y1]
         return [
-            _clipped_box(
+            clipped_box(
                 d[3] * width, d[4] * height, d[5] * width, d[6] * height, d[2], width, height
             )
             for d in detections
@@ -262,7 +265,7 @@ class DnnDetector:
         ]
 
 
-def _clipped_box(
+def clipped_box(
     x0: float, y0: float, x1: float, y1: float, score: float, width: int, height: int
 ) -> FaceBox:
     x0, x1 = (min(max(round(v), 0), width) for v in (x0, x1))
@@ -280,15 +283,28 @@ class WholeImageDetector:
         return [FaceBox(0, 0, width, height, 1.0)]
 
 
+def haar_detector(config: FaceConfig) -> HaarDetector:
+    """The frontal Haar cascade with ``config``'s search settings."""
+    return HaarDetector(
+        config.haar_scale_factor,
+        config.haar_min_neighbors,
+        config.min_face_fraction,
+        config.haar_first_pass_fraction,
+    )
+
+
 def make_detector(config: FaceConfig) -> FaceDetector:
     """The detector ``config.detector`` names; model files are checked here, not per image."""
     if config.detector == "haar":
-        return HaarDetector(
-            config.haar_scale_factor,
-            config.haar_min_neighbors,
-            config.min_face_fraction,
-            config.haar_first_pass_fraction,
-        )
+        return haar_detector(config)
+    if config.detector == "cascade":
+        from pipeline.face_detectors import CascadeDetector
+
+        return CascadeDetector(haar_detector(config), config.haar_min_neighbors)
+    if config.detector in ("dlib-hog", "dlib-cnn"):
+        from pipeline.face_detectors import DlibCnnDetector, DlibHogDetector
+
+        return DlibHogDetector() if config.detector == "dlib-hog" else DlibCnnDetector()
     if config.detector == "dnn":
         return DnnDetector(config.model_path, config.prototxt_path, config.min_confidence)
     return WholeImageDetector()
