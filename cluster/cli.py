@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cluster.options import ConfigError, add_config_arguments, load_config, overrides_from_args
+from pipeline.console import quiet_console
 from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.corpus.manifest import CorpusError
 from pipeline.corpus.subset import SubsetConfig
@@ -156,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facs", description="Facial action unit detectors pre-trained on noisy labels, on Ray."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print everything here: Ray's own worker/driver output and debug logs (by default "
+        "they go to a log file whose path is printed)",
+    )
     stages = parser.add_subparsers(dest="stage", required=True)
 
     corpus = stages.add_parser(
@@ -254,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_console_log(argv: list[str]) -> Path:
+    """Where a quiet console sends Ray's output until the command names its run directory."""
+    words = [w for w in argv if not w.startswith("-")][:2] or ["facs"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return (
+        Path(tempfile.gettempdir()) / "facs-logs" / f"{'-'.join(words)}-{stamp}-{os.getpid()}.log"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -261,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        quiet_console(default_console_log(argv if argv is not None else sys.argv[1:]))
     try:
         return args.run(args)
     except (ConfigError, CorpusError, FileNotFoundError, ValueError) as error:

@@ -29,11 +29,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TextIO
 
 import pyarrow.fs as pafs
 
 from cluster.demo_config import SCALES, DemoConfig, DemoScale
+from pipeline.console import move_console_log
 from pipeline.storage import Location, is_s3
 
 #: The marker that makes a work dir the demo's own (only then are its data folders replaced).
@@ -342,6 +344,8 @@ def run_demo(
         flush=True,
     )
     root = prepare_workdir(config)
+    if not is_s3(root.uri):
+        move_console_log(Path(root.path) / "logs" / f"console-{time.strftime('%Y%m%d-%H%M%S')}.log")
     tracking_uri = tracking_uri_for(config)
     paths = DemoPaths.under(root.uri)
     resources = connect_ray(ray_address, verbose)
@@ -533,22 +537,24 @@ def _record(result: DemoResult, root: Location, config: DemoConfig) -> None:
 
 def mlflow_ui_hint(result: DemoResult) -> str:
     """How to look at the runs: the UI command (local store) or the server's pages."""
+    from training.tracking import experiment_url
+
     experiment, compare = result.experiment_id, result.compare_run_id
     if result.tracking_uri.startswith(("http://", "https://")):
         base = result.tracking_uri.rstrip("/")
-        how = f"Open the MLflow server: {base}/#/experiments/{experiment}"
+        how = f"Open the MLflow server: {experiment_url(base, experiment)}"
     else:
         base = "http://127.0.0.1:5000"
         how = (
             "Open the MLflow UI on the runs:\n"
             f"    mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000\n"
-            f"then browse {base}/#/experiments/{experiment}"
+            f"then browse {experiment_url(base, experiment)}"
         )
     lines = [
         "",
         how,
         f"    experiment {experiment}; pre-training run {result.pretrain_run_id}",
-        f"    comparison run {compare}: {base}/#/experiments/{experiment}/runs/{compare}",
+        f"    comparison run {compare}: {experiment_url(base, experiment, compare)}",
         *(f"    {arm} cross-validation run {run_id}" for arm, run_id in result.arm_run_ids.items()),
         "    registered models: "
         + ", ".join(f"{name} v{version}" for name, version in result.registered.items()),

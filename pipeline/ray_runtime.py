@@ -14,6 +14,7 @@ import socket
 
 import ray
 
+from pipeline.console import route_ray_output
 from pipeline.environment import environment
 
 LOCAL_HOST = "127.0.0.1"
@@ -64,6 +65,7 @@ def ensure_ray(
                 )
             if progress_bars:
                 print(f"[facs] local Ray; its dashboard: http://{LOCAL_HOST}:{port}", flush=True)
+        route_ray_output()
     if progress_bars is not None:
         ray.data.DataContext.get_current().enable_progress_bars = progress_bars
 

@@ -146,6 +146,7 @@ def test_the_ui_hint_for_a_local_store_names_the_command_and_the_runs(tmp_path):
     hint = mlflow_ui_hint(result)
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in hint
     assert "http://127.0.0.1:5000/#/experiments/7/runs/c1" in hint
+    assert "#/experiments/7/runs?workflowType=machine_learning" in hint  # opens on the runs
     assert f"{PRETRAINED_MODEL} v1" in hint and f"{DISFA_MODEL} v2" in hint
 
 

@@ -121,6 +121,7 @@ def test_cross_validation_logs_a_parent_run_and_a_nested_run_per_fold(cv):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert sorted(steps) == [1, 2]
         assert "test_f1_mean" in run.data.metrics
+        assert "system/node0/cpu_utilization_percentage" in run.data.metrics  # each fold's node
         (used,) = run.inputs.dataset_inputs
         assert used.dataset.name == f"disfa-{frames.manifest.key}-fold{fold.index}"
         profile = json.loads(used.dataset.profile)
@@ -143,6 +144,10 @@ def test_cross_validation_logs_a_parent_run_and_a_nested_run_per_fold(cv):
     version = client.get_model_version(result.registered_model, result.registered_version)
     assert version.run_id == arm.mlflow_run_id
     assert int(version.tags["fold"]) == result.final_fold
+    logged_model = client.get_logged_model(version.source.removeprefix("models:/"))
+    scores = {m.key: m for m in logged_model.metrics}
+    assert scores["cv_test_f1_mean_paper8"].value == pytest.approx(arm.mean_f1_paper8)
+    assert scores["cv_test_f1_mean_paper8"].dataset_digest == frames.manifest.key
 
 
 def test_table3_holds_the_paper_rows_per_au_and_this_run(cv):

@@ -198,6 +198,13 @@ def test_pretraining_against_an_mlflow_server_is_visible_through_its_rest_api(
     )
     assert [m["step"] for m in history["metrics"]] == [1]
     assert history["metrics"][0]["value"] == pytest.approx(result.best_val_loss)
+    # System metrics, named by node: one node here, sampled by its local-rank-0 worker only.
+    system = {k for k in metrics if k.startswith("system/")}
+    assert {
+        "system/node0/cpu_utilization_percentage",
+        "system/node0/system_memory_usage_megabytes",
+    } <= system
+    assert all(k.startswith("system/node0/") for k in system)
 
     registered = get_json(api + "/registered-models/get", name=REGISTERED_MODEL_NAME)
     assert registered["registered_model"]["name"] == REGISTERED_MODEL_NAME
@@ -209,6 +216,14 @@ def test_pretraining_against_an_mlflow_server_is_visible_through_its_rest_api(
     assert tags["corpus.version"] == "1"
     assert tags["corpus.manifest_hash"] == params["corpus_manifest_hash"]
     assert float(tags["pixel_mean"]) == pytest.approx(corpus.train_pixel_mean)
+    # The version's logged model carries its scores, each linked to the corpus it was scored on.
+    assert version["source"].startswith("models:/m-")  # the version is its logged model
+    logged = MlflowClient(url).get_logged_model(version["source"].removeprefix("models:/"))
+    scores = {m.key: m for m in logged.metrics}
+    assert scores["final_best_val_loss"].value == pytest.approx(result.best_val_loss)
+    assert scores["final_best_val_loss"].dataset_name == "corpus-v1"
+    assert scores["final_best_val_loss"].dataset_digest == params["corpus_manifest_hash"][:36]
+    assert logged.source_run_id == result.mlflow_run_id
     # The model's files went through the server's artifact proxy into its destination folder.
     assert list(artifacts.rglob("MLmodel")), f"no MLmodel file under {artifacts}"
 

@@ -46,6 +46,7 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train.torch import TorchTrainer
 from torch import nn
 
+from pipeline.console import PRODUCT_TAG
 from pipeline.disfa import DisfaFrames, Fold, make_folds, prepare_disfa
 from pipeline.ray_runtime import ensure_ray
 from pipeline.run_storage import check_defaults_reachable, output_location
@@ -75,7 +76,9 @@ from training.labeler_eval import evaluate_labeler
 from training.metrics import METRIC_NAMES, au_metrics, tune_thresholds
 from training.model import ModelConfig, freeze_classifier, freeze_conv_blocks
 from training.model_aliases import Evaluation
+from training.system_metrics import node_system_metrics
 from training.tracking import (
+    DatasetRef,
     RunHandle,
     create_run,
     end_run,
@@ -330,7 +333,9 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def finetune_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``; ``loop_config["setup"]`` is a ``FoldSetup``."""
-    finetune_with(loop_config["setup"])
+    setup = loop_config["setup"]
+    with node_system_metrics(setup.mlflow_run):
+        finetune_with(setup)
 
 
 def _restore() -> tuple[TrainingState | None, dict | None, dict[str, list[int]]]:
@@ -423,7 +428,13 @@ def finetune_with(setup: FoldSetup) -> None:
 
         def on_step(stats: EpochStats, loss: torch.Tensor, epoch: int = epoch) -> None:
             if config.log_every and rank == 0 and stats.steps % config.log_every == 0:
-                log.info("fold %d epoch %d step %d loss %.4f", fold.index, epoch, stats.steps, loss)
+                log.info(
+                    f"{PRODUCT_TAG} fold %d epoch %d step %d loss %.4f",
+                    fold.index,
+                    epoch,
+                    stats.steps,
+                    loss,
+                )
 
         train_options = BatchOptions(
             **{**asdict(options), "seed": config.seed + epoch * world + rank}
@@ -501,7 +512,7 @@ def finetune_with(setup: FoldSetup) -> None:
         if rank == 0:
             merged = _merge_codes(all_codes)
             log.info(
-                f"{setup.arm} fold {fold.index} epoch {epoch}/{config.max_epochs} "
+                f"{PRODUCT_TAG} {setup.arm} fold {fold.index} epoch {epoch}/{config.max_epochs} "
                 f"train_loss {metrics['train_loss']:.4f} val_loss {metrics['val_loss']:.4f} "
                 f"val_f1 {metrics.get('val_f1_mean', math.nan):.3f} "
                 f"{'(best)' if improved else ''}{' (early stop)' if stop else ''}"
@@ -1162,7 +1173,7 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
 
 def log_disfa_input(
     run: RunHandle, frames: DisfaFrames, fold: Fold | None = None, context: str = "training"
-) -> None:
+) -> DatasetRef:
     """The DISFA cache entry as the run's MLflow dataset input (digest: the entry's key); a
     fold's run gets the fold's view, with its subjects and frames per split."""
     profile: dict[str, Any] = {
@@ -1179,7 +1190,7 @@ def log_disfa_input(
             profile[f"{split}_frames"] = sum(per_subject.get(s, 0) for s in subjects)
     # MLflow keeps one dataset per (name, digest): a fold's split is its own named view.
     name = f"disfa-{frames.manifest.key}" + (f"-fold{fold.index}" if fold is not None else "")
-    log_dataset(run, name, frames.uri, frames.manifest.key, profile, context)
+    return log_dataset(run, name, frames.uri, frames.manifest.key, profile, context)
 
 
 def _cv_metrics(metrics: CVMetrics, prefix: str = "test") -> dict[str, float]:
@@ -1275,6 +1286,14 @@ def _report_and_register(
             value=arm.mean_f1_paper8,
             higher_is_better=True,
         ),
+        # The model's own scores: this arm's cross-validation on the DISFA cache entry.
+        scores={
+            "cv_test_f1_mean": arm.mean_f1,
+            "cv_test_f1_mean_paper8": arm.mean_f1_paper8,
+            "cv_test_pr_auc_mean_paper8": arm.metrics.mean("pr_auc", PAPER_COMPARISON_AUS),
+            "cv_test_roc_auc_mean_paper8": arm.metrics.mean("roc_auc", PAPER_COMPARISON_AUS),
+        },
+        scored_on=DatasetRef(f"disfa-{frames.manifest.key}", frames.manifest.key),
     )
     result.model_uri = logged.model_uri
     result.registered_model = logged.registered_name

@@ -36,12 +36,12 @@ from training.model import build_model
 from training.model_aliases import Evaluation
 from training.pretrain_config import PretrainConfig
 from training.tracking import (
+    DatasetRef,
     RunHandle,
     create_run,
     end_run,
     git_commit,
     log_dataset,
-    log_metrics,
     log_model,
     log_params,
     reopen_run,
@@ -233,6 +233,12 @@ def run_params(config: PretrainConfig, facts: CorpusFacts, mean: float) -> dict[
     }
 
 
+def corpus_dataset(facts: CorpusFacts) -> DatasetRef:
+    """The MLflow dataset a pre-training run reads: one per corpus version and subset."""
+    name = f"corpus-v{facts.version}" + (f"-{facts.subset}" if facts.subset else "")
+    return DatasetRef(name, facts.manifest_hash[:36])
+
+
 def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: float) -> RunHandle:
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
     tags = {
@@ -249,7 +255,7 @@ def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: 
     counts = labelled_counts(facts.uri, facts.version, facts.subset)
     log_dataset(
         run,
-        name=f"corpus-v{facts.version}" + (f"-{facts.subset}" if facts.subset else ""),
+        name=corpus_dataset(facts).name,
         source=facts.uri,
         digest=facts.manifest_hash,
         profile={
@@ -421,15 +427,15 @@ def finish(
             value=best_state.best_val_loss,
             higher_is_better=False,
         ),
-    )
-    log_metrics(
-        mlflow_run,
-        {
+        # The model's own scores on the corpus's validation split, linked to the corpus input.
+        scores={
             "final_best_val_loss": best_state.best_val_loss,
+            "final_best_val_f1_mean": best_state.metrics.get("val_f1_mean", math.nan),
             "final_best_epoch": best_state.epoch,
             "final_epochs": epochs,
         },
-        step=epochs,
+        scored_on=corpus_dataset(facts),
+        scores_step=epochs,
     )
     end_run(mlflow_run, "FINISHED")
     best_val_loss = best_state.best_val_loss

@@ -152,6 +152,19 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     return experiment_id
 
 
+def experiment_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's training runs (or of one run).
+
+    MLflow 3's UI opens an experiment in the workflow chosen in the browser (GenAI by default, on
+    its traces), whatever the experiment's kind; ``workflowType=machine_learning`` in the link
+    opens it on the runs table instead.
+    """
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs" + (
+        f"/{run_id}" if run_id else ""
+    )
+    return f"{page}?workflowType=machine_learning"
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"model": {"width": 1.0}}`` -> ``{"model.width": 1.0}`` (MLflow params are flat)."""
     flat: dict[str, Any] = {}
@@ -257,6 +270,14 @@ def log_metrics(run: RunHandle, metrics: Mapping[str, float], step: int) -> None
         client.log_batch(run.run_id, metrics=items[start : start + METRICS_PER_BATCH])
 
 
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset input already logged: what a model's evaluation metrics point at."""
+
+    name: str
+    digest: str
+
+
 def log_dataset(
     run: RunHandle,
     name: str,
@@ -264,7 +285,7 @@ def log_dataset(
     digest: str,
     profile: Mapping[str, Any],
     context: str = "training",
-) -> None:
+) -> DatasetRef:
     """Record the data a run read as an MLflow dataset input (the UI's Dataset column, lineage).
 
     ``source``: where it lives (a local path or s3:// URI; its type is derived from it);
@@ -284,7 +305,7 @@ def log_dataset(
     for attempt in range(_DATASET_ATTEMPTS):
         try:
             run.client().log_inputs(run.run_id, datasets=inputs)
-            return
+            return DatasetRef(dataset.name, dataset.digest)
         except MlflowException as error:
             if not _lost_dataset_race(error) or attempt == _DATASET_ATTEMPTS - 1:
                 raise
@@ -377,6 +398,9 @@ def log_model(
     version_tags: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     evaluation: Evaluation | None = None,
+    scores: Mapping[str, float] | None = None,
+    scored_on: DatasetRef | None = None,
+    scores_step: int = 0,
 ) -> LoggedModel:
     """Log ``model`` (eval mode, CPU) with a signature and input example; register it if asked.
 
@@ -384,6 +408,8 @@ def log_model(
     into the model's metadata and onto the registered version's tags: inference needs it.
     ``evaluation``: how the model scored; a registered version then gets ``champion`` when it
     beats the current champion on the same evaluation (``training.model_aliases``).
+    ``scores``: the model's evaluation metrics, logged onto the MLflow 3 logged model (its page
+    and the registered version show them) and linked to ``scored_on``, the dataset they came from.
     """
     from mlflow.models import infer_signature
 
@@ -410,6 +436,7 @@ def log_model(
             # Known requirements: MLflow's inference would import the model in a subprocess.
             pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
         )
+        log_model_scores(run, info.model_id, scores or {}, scored_on, scores_step)
         if not register_as:
             return LoggedModel(info.model_uri, None, None)
         version = mlflow.register_model(
@@ -423,3 +450,31 @@ def log_model(
         )
         promote_if_better(registry, register_as, str(version.version), evaluation)
     return LoggedModel(info.model_uri, register_as, str(version.version))
+
+
+def log_model_scores(
+    run: RunHandle,
+    model_id: str,
+    scores: Mapping[str, float],
+    scored_on: DatasetRef | None,
+    step: int = 0,
+) -> None:
+    """Log ``scores`` as metrics of the logged model ``model_id`` (and of ``run``), each linked to
+    the dataset they were measured on; non-finite values are left out, as in :func:`log_metrics`."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(
+            key,
+            float(value),
+            now,
+            step,
+            model_id=model_id,
+            dataset_name=scored_on.name if scored_on else None,
+            dataset_digest=scored_on.digest if scored_on else None,
+            run_id=run.run_id,
+        )
+        for key, value in scores.items()
+        if value is not None and math.isfinite(float(value))
+    ]
+    if metrics:
+        run.client().log_batch(run.run_id, metrics=metrics)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.console import PRODUCT_TAG
 from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.augment import FaceAugment, to_model_input
@@ -31,6 +32,7 @@ from training.data import LABEL_COLUMNS, BatchOptions, device_batches, epoch_bat
 from training.metrics import au_metrics
 from training.model import build_model
 from training.pretrain_config import PretrainConfig, lr_factor
+from training.system_metrics import node_system_metrics
 from training.tracking import RunHandle, log_metrics
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,9 @@ def restore_state() -> TrainingState | None:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``; ``loop_config["setup"]`` is a ``WorkerSetup``."""
-    train_with(loop_config["setup"])
+    setup = loop_config["setup"]
+    with node_system_metrics(setup.mlflow_run):
+        train_with(setup)
 
 
 def train_with(setup: WorkerSetup) -> None:
@@ -274,7 +278,7 @@ def train_with(setup: WorkerSetup) -> None:
     best_epoch = state.best_epoch if state is not None else 0
     waiting = state.epochs_without_improvement if state is not None else 0
     if state is not None and rank == 0:
-        log.info("resumed from the checkpoint of epoch %d", start_epoch)
+        log.info(f"{PRODUCT_TAG} resumed from the checkpoint of epoch %d", start_epoch)
     budget_spent = bool(config.max_steps) and steps_done >= config.max_steps
     if (
         start_epoch >= config.max_epochs
@@ -311,7 +315,12 @@ def train_with(setup: WorkerSetup) -> None:
             if stats.steps == 1:
                 inject_failure(setup, epoch, rank)
             if config.log_every and rank == 0 and stats.steps % config.log_every == 0:
-                log.info("epoch %d step %d loss %.4f", epoch, stats.steps, float(loss))
+                log.info(
+                    f"{PRODUCT_TAG} pretrain epoch %d step %d loss %.4f",
+                    epoch,
+                    stats.steps,
+                    float(loss),
+                )
 
         train_options = replace(options, seed=config.seed + epoch * world + rank)
         limit = config.batches_per_epoch
@@ -411,7 +420,7 @@ def train_with(setup: WorkerSetup) -> None:
                 remaining = min(remaining, math.ceil(left / max(per_epoch, 1e-9)))
             eta = 0.0 if stop or budget_spent else float(np.mean(epoch_seconds)) * remaining
             log.info(
-                f"epoch {epoch}/{config.max_epochs} train_loss {metrics['train_loss']:.4f} "
+                f"{PRODUCT_TAG} pretrain epoch {epoch}/{config.max_epochs} train_loss {metrics['train_loss']:.4f} "
                 f"val_loss {val_loss:.4f} val_f1 {metrics.get('val_f1_mean', math.nan):.3f} "
                 f"{metrics['samples_per_s']:.0f} samples/s "
                 f"data-wait {100 * metrics['data_wait_fraction']:.1f}% "
