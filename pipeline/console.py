@@ -32,11 +32,6 @@ _state: dict[str, Any] = {"path": None, "file": None, "announced": False}
 _lock = threading.Lock()
 
 
-def console_log_path() -> Path | None:
-    """Where Ray's and the libraries' output goes; None while the console is not quiet."""
-    return _state["path"]
-
-
 def _sink() -> TextIO:
     if _state["file"] is None:
         path: Path = _state["path"]

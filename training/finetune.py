@@ -1188,9 +1188,15 @@ def log_disfa_input(
             subjects = getattr(fold, f"{split}_subjects")
             profile[f"{split}_subjects"] = len(subjects)
             profile[f"{split}_frames"] = sum(per_subject.get(s, 0) for s in subjects)
-    # MLflow keeps one dataset per (name, digest): a fold's split is its own named view.
+    ref = disfa_dataset(frames, fold)
+    return log_dataset(run, ref.name, frames.uri, ref.digest, profile, context)
+
+
+def disfa_dataset(frames: DisfaFrames, fold: Fold | None = None) -> DatasetRef:
+    """The MLflow dataset of a DISFA cache entry (digest: its key); MLflow keeps one dataset per
+    (name, digest), so a fold's split is its own named view."""
     name = f"disfa-{frames.manifest.key}" + (f"-fold{fold.index}" if fold is not None else "")
-    return log_dataset(run, name, frames.uri, frames.manifest.key, profile, context)
+    return DatasetRef.of(name, frames.manifest.key)
 
 
 def _cv_metrics(metrics: CVMetrics, prefix: str = "test") -> dict[str, float]:
@@ -1293,7 +1299,7 @@ def _report_and_register(
             "cv_test_pr_auc_mean_paper8": arm.metrics.mean("pr_auc", PAPER_COMPARISON_AUS),
             "cv_test_roc_auc_mean_paper8": arm.metrics.mean("roc_auc", PAPER_COMPARISON_AUS),
         },
-        scored_on=DatasetRef(f"disfa-{frames.manifest.key}", frames.manifest.key),
+        scored_on=disfa_dataset(frames),
     )
     result.model_uri = logged.model_uri
     result.registered_model = logged.registered_name

@@ -236,7 +236,7 @@ def run_params(config: PretrainConfig, facts: CorpusFacts, mean: float) -> dict[
 def corpus_dataset(facts: CorpusFacts) -> DatasetRef:
     """The MLflow dataset a pre-training run reads: one per corpus version and subset."""
     name = f"corpus-v{facts.version}" + (f"-{facts.subset}" if facts.subset else "")
-    return DatasetRef(name, facts.manifest_hash[:36])
+    return DatasetRef.of(name, facts.manifest_hash)
 
 
 def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: float) -> RunHandle:

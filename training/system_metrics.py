@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between samples; MLflow's ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it.
 SAMPLING_INTERVAL_S = 10.0
-PREFIX = "system/"
 
 
 def node_name(node_rank: int) -> str:

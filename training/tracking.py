@@ -277,6 +277,11 @@ class DatasetRef:
     name: str
     digest: str
 
+    @classmethod
+    def of(cls, name: str, digest: str) -> DatasetRef:
+        """The reference MLflow stores: digests are cut to its 36-character column."""
+        return cls(name, str(digest)[:36])
+
 
 def log_dataset(
     run: RunHandle,
@@ -293,9 +298,10 @@ def log_dataset(
     row counts and the like, stored as JSON.
     """
     source_type = "s3" if source.startswith("s3://") else "local"
+    ref = DatasetRef.of(name, digest)
     dataset = Dataset(
-        name=name,
-        digest=str(digest)[:36],
+        name=ref.name,
+        digest=ref.digest,
         source_type=source_type,
         source=json.dumps({"uri": source}),
         profile=json.dumps(dict(profile), sort_keys=True),
@@ -305,7 +311,7 @@ def log_dataset(
     for attempt in range(_DATASET_ATTEMPTS):
         try:
             run.client().log_inputs(run.run_id, datasets=inputs)
-            return DatasetRef(dataset.name, dataset.digest)
+            return ref
         except MlflowException as error:
             if not _lost_dataset_race(error) or attempt == _DATASET_ATTEMPTS - 1:
                 raise
