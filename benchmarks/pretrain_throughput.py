@@ -14,10 +14,17 @@ a real one; faces are noisy grey squares with AU bands), ``--images`` rows.
    alone (forward + backward + Adam on ready batches), both in one process with one torch thread
    (a worker's share). Target: input >= 5x the train step. Data-wait fraction during the Ray runs
    (time a step waited for its batch / epoch time). Target: < 5%.
-3. On a CUDA device: samples/s and MFU (achieved FLOP/s / 989e12, an H100's dense bf16 peak) at
+3. ``--input-path``: the worker's whole input path at the batch sizes a GPU uses, model step
+   skipped: a Ray Data ``streaming_split`` shard (what Ray Train hands each worker) -> the
+   product's shuffle buffer -> ``FaceBatchCollate`` -> device copy (a no-op on CPU) for the uint8
+   path, then ``to_model_input`` + ``FaceAugment`` on top; rows/s of one worker, one torch thread,
+   batches 256-4,096, repeated. Goals (issue 15): uint8 path >= 75k rows/s at batch >= 1,024 (a
+   GPU's need at 40% MFU) and >= 5x the model step on CPU. Written under ``input_path``.
+4. On a CUDA device: samples/s and MFU (achieved FLOP/s / 989e12, an H100's dense bf16 peak) at
    width 1.0, bf16 autocast, channels_last, batches 256-4096. Skipped, with a note, without one.
 
     python benchmarks/pretrain_throughput.py [--width 0.5] [--repeats 3] [--images 8192]
+    python benchmarks/pretrain_throughput.py --input-path [--input-rows 200000]
     python benchmarks/pretrain_throughput.py --gpu-only [--compile]   # on a GPU machine
 """
 
@@ -184,6 +191,109 @@ def input_pipeline(corpus_uri: str, mean: float, passes: int = 2) -> dict[str, f
     }
 
 
+def input_path_pass(
+    corpus_uri: str, mean: float, batch: int, augment: FaceAugment | None, max_rows: int | None
+) -> dict[str, float]:
+    """One pass of one worker's input path over a ``streaming_split`` shard, model step skipped.
+
+    With ``augment`` the batches are also normalised and augmented (what the worker does before
+    the model); ``max_rows`` bounds that slower pass. Rows/s from the first batch on (``steady``)
+    and from the pass's start (Ray Data's start-up included).
+    """
+    defaults = PretrainConfig()
+    options = BatchOptions(
+        batch_size=batch,
+        shuffle_buffer=defaults.shuffle_buffer,
+        prefetch_batches=defaults.prefetch_batches,
+        seed=0,
+    )
+    (shard,) = corpus_splits(corpus_uri)["train"].streaming_split(1, equal=True)
+    limit = None if max_rows is None else max(2, max_rows // batch)
+    start, first_at, rows = time.perf_counter(), None, 0
+    for faces, labels in device_batches(shard, options, "cpu", limit):
+        if augment is not None:
+            images = augment(to_model_input(faces, mean))
+            assert images.shape[0] == labels.shape[0]
+        if first_at is None:
+            first_at = time.perf_counter()
+        else:
+            rows += faces.shape[0]
+    end = time.perf_counter()
+    return {
+        "steady_rows_per_s": rows / (end - first_at),
+        "rows_per_s_with_startup": (rows + batch) / (end - start),
+        "seconds_to_first_batch": first_at - start,
+        "rows": rows + batch,
+    }
+
+
+def input_path(args: argparse.Namespace) -> dict:
+    """Part 3: the input path at GPU batch sizes, alternating uint8 and augmented passes."""
+    folder = Path(tempfile.mkdtemp(prefix="facs-input-path-"))
+    corpus = make_corpus(
+        folder / "corpus", images=args.input_rows, identities=max(64, args.input_rows // 100),
+        files=max(4, args.input_rows // 20_000),
+    )  # fmt: skip
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    torch.set_num_threads(1)
+    augment = FaceAugment(AugmentConfig()).train()
+    batches = [int(b) for b in args.input_batches.split(",")]
+    input_path_pass(corpus.uri, corpus.train_pixel_mean, batches[0], None, None)  # warm-up
+    runs: dict[int, dict[str, list[dict]]] = {b: {"uint8": [], "augmented": []} for b in batches}
+    steps = []
+    for repeat in range(args.repeats):
+        for batch in batches:
+            runs[batch]["uint8"].append(
+                input_path_pass(corpus.uri, corpus.train_pixel_mean, batch, None, None)
+            )
+            runs[batch]["augmented"].append(
+                input_path_pass(
+                    corpus.uri, corpus.train_pixel_mean, batch, augment, args.augment_rows
+                )
+            )
+            print(
+                f"repeat {repeat} batch {batch}: uint8 "
+                f"{runs[batch]['uint8'][-1]['steady_rows_per_s']:.0f} rows/s, augmented "
+                f"{runs[batch]['augmented'][-1]['steady_rows_per_s']:.0f} rows/s",
+                flush=True,
+            )
+        steps.append(train_step_alone(args.width, 6))
+    step = statistics.median(steps)
+    rows = []
+    for batch in batches:
+        row: dict = {"batch": batch}
+        for path in ("uint8", "augmented"):
+            steady = statistics.median(r["steady_rows_per_s"] for r in runs[batch][path])
+            row[path] = {
+                "steady_rows_per_s_median": round(steady, 1),
+                "rows_per_s_with_startup_median": round(
+                    statistics.median(r["rows_per_s_with_startup"] for r in runs[batch][path]), 1
+                ),
+                "vs_model_step": round(steady / step, 1),
+                "runs": [{k: round(v, 3) for k, v in r.items()} for r in runs[batch][path]],
+            }
+        rows.append(row)
+    ray.shutdown()
+    big = [r["uint8"]["steady_rows_per_s_median"] for r in rows if r["batch"] >= 1024]
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "corpus_rows": args.input_rows,
+        "train_rows": corpus.train_rows,
+        "shuffle_buffer": PretrainConfig().shuffle_buffer,
+        "torch_threads": 1,
+        "repeats": args.repeats,
+        "augmented_rows_per_pass": args.augment_rows,
+        "model_step_width": args.width,
+        "model_step_samples_per_s_median": round(step, 2),
+        "rows": rows,
+        "goal_uint8_rows_per_s_at_batch_1024_plus": 75_000,
+        "meets_goal_uint8": bool(big) and min(big) >= 75_000,
+        "goal_vs_model_step": 5.0,
+        "meets_goal_vs_model_step": all(r["augmented"]["vs_model_step"] >= 5 for r in rows),
+    }
+
+
 def train_step_alone(width: float, steps: int) -> float:
     """Samples/s of forward + backward + Adam on a ready batch, one torch thread."""
     torch.set_num_threads(1)
@@ -275,8 +385,26 @@ def main() -> None:
     parser.add_argument("--gpu-batches", default="256,512,1024,2048,4096")
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="torch.compile on the GPU")
+    parser.add_argument("--input-path", action="store_true", help="only part 3 (input path)")
+    parser.add_argument("--input-rows", type=int, default=200_000)
+    parser.add_argument("--input-batches", default="256,1024,4096")
+    parser.add_argument(
+        "--augment-rows", type=int, default=16_384, help="rows per augmented pass (slower)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.input_path:  # its own section of the results file; the other parts stay
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
+        results["input_path"] = input_path(args)
+        results["input_path"]["machine"] = {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_end": os.getloadavg(),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        print(json.dumps({k: v for k, v in results["input_path"].items() if k != "rows"}))
+        return
 
     gpu = gpu_mfu([int(b) for b in args.gpu_batches.split(",")], args.gpu_steps, args.compile)
     results: dict = {
