@@ -114,6 +114,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the path only")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep the seeds already in the results file (same settings), run only the others",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.tiers, args.disfa_frames = "6x40,10x8,16x4", 12
@@ -128,13 +132,16 @@ def main() -> None:
     runner = Runner(work / "claims.log")
     load_before = os.getloadavg()
     started = time.perf_counter()
-    per_seed = []
+    per_seed, history = resumed(args, seeds) if args.resume else ([], [])
     cpus_per_worker = "0.5" if args.concurrent > 1 else "1"
     shared_finetune = [
         "--finetune-model-width", str(args.width),
         "--finetune-cpus-per-worker", cpus_per_worker,
     ]  # fmt: skip
     for seed in seeds:
+        if any(s["seed"] == seed for s in per_seed):
+            print(f"[claims] seed {seed}: kept from {RESULTS}", flush=True)
+            continue
         root = work / f"seed{seed}"
         celeb, disfa, corpus = root / "celeb", root / "disfa", root / "corpus"
         mlflow = f"sqlite:///{root / 'mlflow.db'}"
@@ -214,13 +221,46 @@ def main() -> None:
             }
         )
         print(f"[claims] seed {seed}: {json.dumps(per_seed[-1])}", flush=True)
-        results = summarise(args, seeds, per_seed, runner, started, load_before)
+        results = summarise(args, seeds, per_seed, runner, started, load_before, history)
         if not args.no_write:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
             print(f"[claims] wrote {RESULTS} ({len(per_seed)} of {len(seeds)} seeds)", flush=True)
+    results = summarise(args, seeds, per_seed, runner, started, load_before, history)
     print(json.dumps({k: results[k] for k in ("pretrained_vs_scratch", "pretrained_vs_labeler",
                                               "scaling", "wall_minutes")}, indent=2))  # fmt: skip
+
+
+#: Settings that change where or whether results go, not what a seed measures.
+RUN_ONLY = {"seeds", "work", "no_write", "resume"}
+
+
+def resumed(args: argparse.Namespace, seeds: list[int]) -> tuple[list[dict], list[dict]]:
+    """The planned seeds already measured in the results file, and its earlier invocations.
+
+    Refuses a file measured with other settings: seeds pooled across settings mean nothing.
+    """
+    if not RESULTS.exists():
+        return [], []
+    old = json.loads(RESULTS.read_text())
+    mine = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
+    theirs = {k: v for k, v in old["settings"].items() if k not in RUN_ONLY}
+    if mine != theirs:
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise SystemExit(
+            f"[claims] --resume: {RESULTS} was measured with other settings: {changed}"
+        )
+    kept = [s for s in old["per_seed"] if s["seed"] in seeds]
+    earlier = [
+        *old.get("earlier_invocations", []),
+        {
+            "command": old["command"],
+            "seeds": [s["seed"] for s in old["per_seed"]],
+            "wall_minutes": old["wall_minutes"],
+            "machine": old["machine"],
+        },
+    ]
+    return kept, earlier
 
 
 def summarise(
@@ -230,6 +270,7 @@ def summarise(
     runner: Runner,
     started: float,
     load_before: tuple[float, float, float],
+    history: list[dict],
 ) -> dict:
     """The results file's content from the seeds done so far (written after every seed)."""
 
@@ -286,6 +327,8 @@ def summarise(
         "per_seed": per_seed,
         "commands": runner.commands,
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "earlier_invocations": history,
+        "seed_minutes": {str(s["seed"]): round(s["seconds"] / 60, 1) for s in per_seed},
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
