@@ -20,6 +20,40 @@ FACE_COLUMN = "face"
 #: The pre-training targets, in the order of the model's 17 logits.
 LABEL_COLUMNS: tuple[str, ...] = OPENFACE_AUS
 FACE_BYTES = FACE_SIZE * FACE_SIZE
+#: Bytes one training row holds once materialised in the object store (face, labels, offsets).
+CACHED_ROW_BYTES = FACE_BYTES + len(LABEL_COLUMNS) + 16
+#: The share of the object store a cached corpus may fill; a larger one streams every epoch, so
+#: memory stays flat as the corpus grows (and the store keeps room for the streaming reads).
+CACHE_STORE_SHARE = 0.5
+
+
+def cache_fits(rows: int, store_bytes: float, share: float = CACHE_STORE_SHARE) -> bool:
+    """Whether ``rows`` materialised rows fit in ``share`` of an object store of ``store_bytes``."""
+    return rows * CACHED_ROW_BYTES <= share * store_bytes
+
+
+def cached_if_fits(datasets: dict[str, ray.data.Dataset], rows: int) -> dict[str, ray.data.Dataset]:
+    """``datasets`` read once into the object store when ``rows`` of them fit, else as they are.
+
+    The decision is printed: caching a corpus past the store's budget would spill to disk (or
+    fail) and hold memory that grows with the corpus, for a gain streaming does not need.
+    """
+    store = float(ray.cluster_resources().get("object_store_memory", 0))
+    size_gb, store_gb = rows * CACHED_ROW_BYTES / 1e9, store / 1e9
+    if not cache_fits(rows, store):
+        print(
+            f"[facs] cache_data: {rows:,} rows ({size_gb:.2f} GB) exceed "
+            f"{CACHE_STORE_SHARE:.0%} of the object store ({store_gb:.1f} GB): streaming the "
+            "corpus every epoch instead",
+            flush=True,
+        )
+        return datasets
+    print(
+        f"[facs] cache_data: reading {rows:,} rows ({size_gb:.2f} GB) into the object store "
+        f"({store_gb:.1f} GB)",
+        flush=True,
+    )
+    return {split: dataset.materialize() for split, dataset in datasets.items()}
 
 
 def ingest_config(datasets_to_split: str | list[str] = "all") -> ray.train.DataConfig:
@@ -39,13 +73,22 @@ def ingest_config(datasets_to_split: str | list[str] = "all") -> ray.train.DataC
 
 
 def corpus_splits(
-    corpus: str, version: int | None = None, subset: str | None = None
+    corpus: str,
+    version: int | None = None,
+    subset: str | None = None,
+    file_order_seed: int | None = None,
 ) -> dict[str, ray.data.Dataset]:
-    """``{"train": ..., "val": ...}``: the corpus's identity-disjoint splits, faces and labels only."""
+    """``{"train": ..., "val": ...}``: the corpus's identity-disjoint splits, faces and labels only.
+
+    ``file_order_seed`` gives the train split a new file order every epoch (see ``read_corpus``).
+    """
     columns = [FACE_COLUMN, *LABEL_COLUMNS]
+    seeds = {"train": file_order_seed, "val": None}
     return {
-        split: read_corpus(corpus, version, subset=subset, split=split).select_columns(columns)
-        for split in ("train", "val")
+        split: read_corpus(
+            corpus, version, subset=subset, split=split, file_order_seed=seed
+        ).select_columns(columns)
+        for split, seed in seeds.items()
     }
 
 

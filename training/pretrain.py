@@ -30,7 +30,7 @@ from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.schema import UNLABELLED
 from pipeline.storage import Location, is_s3
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
-from training.data import corpus_splits, ingest_config, pixel_mean
+from training.data import cached_if_fits, corpus_splits, ingest_config, pixel_mean
 from training.flops import count_parameters, flops_per_sample
 from training.model import build_model
 from training.model_aliases import Evaluation
@@ -317,9 +317,10 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
             else None,
         }
     )
-    datasets = corpus_splits(facts.uri, facts.version, facts.subset)
+    datasets = corpus_splits(facts.uri, facts.version, facts.subset, file_order_seed=config.seed)
     if config.cache_data:
-        datasets = {split: dataset.materialize() for split, dataset in datasets.items()}
+        counts = labelled_counts(facts.uri, facts.version, facts.subset)
+        datasets = cached_if_fits(datasets, sum(c["labelled"] for c in counts.values()))
 
     if record is not None:
         check_same_corpus(record, facts, run_dir.join(RUN_INFO).uri)

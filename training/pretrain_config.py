@@ -106,7 +106,7 @@ class PretrainConfig:
     cache_data: bool = field(
         default=False,
         metadata={
-            "help": "read the corpus once into Ray's object store (when it fits in memory) "
+            "help": "read the corpus once into Ray's object store when it fills at most half of it "
             "instead of streaming it from storage every epoch"
         },
     )

@@ -40,10 +40,13 @@ from pipeline.labels import (
     read_release_labels,
 )
 from pipeline.names import IMAGE_EXTENSIONS
+from pipeline.progress import RowProgress
 from pipeline.rejects import RejectReason
 from pipeline.run_storage import check_kept
 from pipeline.schema import CORPUS_SCHEMA, UNLABELLED
-from pipeline.sources import read_image_folder, read_msceleb_tsv
+from pipeline.sources.image_folder import ImageFolderDatasource, image_folder_source
+from pipeline.sources.msceleb_tsv import MsCelebTsvDatasource
+from pipeline.sources.records import ExpectedRows, read_records
 from pipeline.status_write import ACCEPTED, REJECTED, STATUS_COLUMN, status_folder, write_by_status
 from pipeline.storage import Location
 from pipeline.vocabulary import OPENFACE_AUS
@@ -196,18 +199,21 @@ def _people(config: CorpusBuildConfig) -> dict[str, tuple[str, str]]:
     }
 
 
-def _records(config: CorpusBuildConfig) -> ray.data.Dataset:
-    parts = []
+def _records(config: CorpusBuildConfig) -> tuple[ray.data.Dataset, ExpectedRows]:
+    """The input records of every source given, and how many rows they will yield."""
+    sources: list[ImageFolderDatasource | MsCelebTsvDatasource] = []
     if config.images:
-        parts.append(read_image_folder(config.images, config.identities_csv))
+        sources.append(image_folder_source(config.images, config.identities_csv))
     if config.tsv:
-        parts.append(read_msceleb_tsv(config.tsv, config.tsv_range_mb * 1024 * 1024))
-    if not parts:
+        sources.append(MsCelebTsvDatasource(config.tsv, config.tsv_range_mb * 1024 * 1024))
+    if not sources:
         raise CorpusError(
             "no input given: pass --images DIR (a folder of face photos) and/or --tsv FILE "
             "(an MS-Celeb-1M TSV); see `facs corpus build --help`"
         )
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    parts = [read_records(source) for source in sources]
+    expected = sum((source.expected_rows() for source in sources), ExpectedRows(0, exact=True))
+    return (parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])), expected
 
 
 def _known_hashes(corpus: str, manifest: Manifest) -> list[str]:
@@ -308,16 +314,21 @@ def build_version(
 
     started = time.perf_counter()
     workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    write_by_status(
-        _records(config),
-        CorpusRowMaker,
-        (config, labeler, people, ledger),
-        staging,
-        workers=workers,
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        rows_per_file=config.rows_per_file,
-    )
+    records, expected = _records(config)
+    what = f"{'add' if append else 'build'} v{version}"
+    with RowProgress(
+        what, lambda: ray.get(ledger.rows.remote()), expected.rows, estimated=not expected.exact
+    ):
+        write_by_status(
+            records,
+            CorpusRowMaker,
+            (config, labeler, people, ledger),
+            staging,
+            workers=workers,
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            rows_per_file=config.rows_per_file,
+        )
     elapsed = time.perf_counter() - started
 
     data_dir = status_folder(staging, ACCEPTED)

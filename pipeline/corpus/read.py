@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
@@ -46,18 +47,18 @@ def labelled_counts(
         version = manifest.subsets[subset].version
     table = read_metadata_table(corpus, version, ["content_hash", "split", "label_source"])
     if subset is not None:
-        chosen = set(hashes.column("content_hash").to_pylist())
-        keep = [value in chosen for value in table.column("content_hash").to_pylist()]
-        table = table.filter(pa.array(keep, type=pa.bool_()))
-    splits = np.asarray(table.column("split").to_pylist(), dtype=object)
-    labelled = np.asarray(table.column("label_source").to_pylist(), dtype=object) != UNLABELLED
-    return {
-        split: {
-            "rows": int((splits == split).sum()),
-            "labelled": int((labelled & (splits == split)).sum()),
+        table = table.filter(
+            pc.is_in(table["content_hash"], value_set=hashes["content_hash"].combine_chunks())
+        )
+    labelled = pc.not_equal(table["label_source"], UNLABELLED)
+    counts = {}
+    for split in ("train", "val"):
+        in_split = pc.equal(table["split"], split)
+        counts[split] = {
+            "rows": int(pc.sum(in_split).as_py() or 0),
+            "labelled": int(pc.sum(pc.and_(in_split, labelled)).as_py() or 0),
         }
-        for split in ("train", "val")
-    }
+    return counts
 
 
 def subset_hashes(corpus: str, manifest: Manifest, name: str) -> pa.Table:
@@ -69,21 +70,19 @@ def subset_hashes(corpus: str, manifest: Manifest, name: str) -> pa.Table:
 
 
 class _KeepRows:
-    def __init__(self, hashes: set[str] | None, split: str | None):
+    """Keeps a batch's rows in a subset (by content hash) and/or a split, vectorised in Arrow."""
+
+    def __init__(self, hashes: pa.Array | None, split: str | None):
         self.hashes = hashes
         self.split = split
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        keep = np.ones(batch.num_rows, dtype=bool)
+        keep = pa.array(np.ones(batch.num_rows, dtype=bool))
         if self.hashes is not None:
-            keep &= np.fromiter(
-                (h in self.hashes for h in batch.column("content_hash").to_pylist()),
-                bool,
-                batch.num_rows,
-            )
+            keep = pc.and_(keep, pc.is_in(batch["content_hash"], value_set=self.hashes))
         if self.split is not None:
-            keep &= np.asarray(batch.column("split").to_pylist(), dtype=object) == self.split
-        return batch.filter(pa.array(keep))
+            keep = pc.and_(keep, pc.equal(batch["split"], self.split))
+        return batch.filter(keep)
 
 
 def read_corpus(
@@ -93,17 +92,22 @@ def read_corpus(
     subset: str | None = None,
     split: str | None = None,
     labelled_only: bool = True,
+    file_order_seed: int | None = None,
 ) -> ray.data.Dataset:
-    """A Ray Dataset of corpus rows (streaming, sharded by file) for training or inspection."""
+    """A Ray Dataset of corpus rows (streaming, sharded by file) for training or inspection.
+
+    With ``file_order_seed`` every execution (every epoch) reads the files in a new order drawn
+    from it (reproducible, different per epoch): over a corpus of millions of rows a bounded epoch
+    then sees other files each time, and the local shuffle buffer mixes more than one file's run.
+    """
     manifest = load_manifest(corpus)
     if subset is not None:
         version = manifest.subsets[subset].version if subset in manifest.subsets else version
     root, files = version_files(corpus, version)
-    dataset = ray.data.read_parquet(files, filesystem=root.fs)
+    shuffle = None if file_order_seed is None else ray.data.FileShuffleConfig(seed=file_order_seed)
+    dataset = ray.data.read_parquet(files, filesystem=root.fs, shuffle=shuffle)
     hashes = (
-        set(subset_hashes(corpus, manifest, subset).column("content_hash").to_pylist())
-        if subset
-        else None
+        subset_hashes(corpus, manifest, subset)["content_hash"].combine_chunks() if subset else None
     )
     if hashes is not None or split is not None:
         dataset = dataset.map_batches(_KeepRows(hashes, split), batch_format="pyarrow")

@@ -49,6 +49,7 @@ from pipeline.disfa.layout import (
     find_videos,
     label_stamps,
 )
+from pipeline.progress import RowProgress
 from pipeline.ray_runtime import ensure_ray
 from pipeline.rejects import RejectReason
 from pipeline.status_write import status_folder, write_by_status
@@ -171,16 +172,23 @@ def _ingest(config: DisfaConfig, inputs: _Inputs, key: str, location: Location) 
     else:
         records, labelled = _image_records(config, inputs)
     ledger = FrameLedger.remote()
-    write_by_status(
-        records,
-        DisfaFaceStage,
-        (config.face, ledger),
-        location,
-        workers=workers,
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        rows_per_file=config.rows_per_file,
-    )
+    # The labelled frames stand in for the total: the frames read differ by the unlabelled ones.
+    with RowProgress(
+        "DISFA ingest",
+        lambda: ray.get(ledger.rows.remote()),
+        sum(labelled.values()),
+        estimated=True,
+    ):
+        write_by_status(
+            records,
+            DisfaFaceStage,
+            (config.face, ledger),
+            location,
+            workers=workers,
+            batch_size=config.batch_size,
+            batch_format="pyarrow",
+            rows_per_file=config.rows_per_file,
+        )
     seconds = time.perf_counter() - started
     files, accepted, found, reasons = _written(location)
     rows_in = ray.get(ledger.rows.remote())

@@ -16,10 +16,10 @@ from ray.data.block import BlockMetadata
 from pipeline.names import IMAGE_EXTENSIONS
 from pipeline.rejects import RejectReason
 from pipeline.sources.records import (
-    IO_TASK_CPUS,
     RECORD_SCHEMA,
     UNKNOWN_IDENTITY,
-    io_concurrency,
+    ExpectedRows,
+    read_records,
 )
 from pipeline.storage import Location, is_s3
 
@@ -100,6 +100,10 @@ class ImageFolderDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
+    def expected_rows(self) -> ExpectedRows:
+        """One row per image file (files that cannot be read become rejected rows)."""
+        return ExpectedRows(len(self.paths), exact=True)
+
     def task_count(self) -> int:
         n = len(self.paths)
         return math.ceil(n / FILES_PER_TASK) if n else 0
@@ -134,21 +138,19 @@ class ImageFolderDatasource(Datasource):
         return tasks
 
 
+def image_folder_source(uri: str, identities_csv: str | None = None) -> ImageFolderDatasource:
+    """The image files below ``uri``, listed once (see :func:`read_image_folder`)."""
+    location = Location.of(uri)
+    if not location.exists():
+        raise FileNotFoundError(f"image folder not found: {uri}")
+    identities = read_identity_csv(identities_csv) if identities_csv else None
+    return ImageFolderDatasource(uri, identities)
+
+
 def read_image_folder(uri: str, identities_csv: str | None = None) -> ray.data.Dataset:
     """All jpg/png/bmp files below ``uri`` (recursively), as input records.
 
     Other files are not inputs and are skipped; zero-byte and corrupt images are kept and rejected
     later by the face stage with their reason; a file that cannot be read is rejected here.
     """
-    location = Location.of(uri)
-    if not location.exists():
-        raise FileNotFoundError(f"image folder not found: {uri}")
-    identities = read_identity_csv(identities_csv) if identities_csv else None
-    source = ImageFolderDatasource(uri, identities)
-    return ray.data.read_datasource(
-        source,
-        num_cpus=IO_TASK_CPUS,
-        concurrency=max(1, min(io_concurrency(), source.task_count())),
-        # The tasks' own blocks (BLOCK_ROWS files) are the unit of work; no re-splitting.
-        override_num_blocks=max(1, source.task_count()),
-    )
+    return read_records(image_folder_source(uri, identities_csv))

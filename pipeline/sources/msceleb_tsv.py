@@ -21,7 +21,7 @@ from ray.data.block import BlockMetadata
 
 from pipeline.names import msceleb_image_name
 from pipeline.rejects import RejectReason
-from pipeline.sources.records import IO_TASK_CPUS, RECORD_SCHEMA, UNKNOWN_IDENTITY, io_concurrency
+from pipeline.sources.records import RECORD_SCHEMA, UNKNOWN_IDENTITY, ExpectedRows, read_records
 from pipeline.storage import Location
 
 TSV_COLUMNS = (
@@ -34,6 +34,8 @@ TSV_COLUMNS = (
     "FaceData",
 )
 DEFAULT_RANGE_BYTES = 16 * 1024 * 1024
+#: Bytes read from the start of each TSV to estimate its line count (progress, ETA).
+SAMPLE_BYTES = 4 * 1024 * 1024
 LINES_PER_BLOCK = 256
 
 
@@ -146,6 +148,24 @@ class MsCelebTsvDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return sum(size for _, size in self.files)
 
+    def expected_rows(self, sample_bytes: int = SAMPLE_BYTES) -> ExpectedRows:
+        """Lines in the files, estimated from the line length of each file's first bytes (exact
+        when a file is no longer than the sample): counting every line of a file of hundreds of
+        GB would read it twice. Blank lines are counted, so a blank-heavy file over-estimates."""
+        rows, exact = 0, True
+        for location, size in self.files:
+            if size == 0:
+                continue
+            with location.fs.open_input_file(location.path) as handle:
+                head = handle.read(min(size, sample_bytes))
+            lines = head.count(b"\n") + (0 if head.endswith(b"\n") else 1)
+            if len(head) == size:
+                rows += lines
+            else:
+                rows += max(1, round(size * max(1, head.count(b"\n")) / len(head)))
+                exact = False
+        return ExpectedRows(rows, exact)
+
     def task_count(self) -> int:
         return sum(len(range(0, max(size, 1), self.range_bytes)) for _, size in self.files)
 
@@ -172,13 +192,6 @@ def read_msceleb_tsv(
     uris: list[str] | str, range_bytes: int = DEFAULT_RANGE_BYTES
 ) -> ray.data.Dataset:
     """MS-Celeb TSV file(s) as input records (identity = MID, name = <MID>_<rank>-FaceId-<id>.jpg)."""
-    if isinstance(uris, str):
-        uris = [uris]
-    source = MsCelebTsvDatasource(uris, range_bytes)
-    return ray.data.read_datasource(
-        source,
-        num_cpus=IO_TASK_CPUS,
-        concurrency=max(1, min(io_concurrency(), source.task_count())),
-        # One block stream per byte range, as read: Ray Data need not re-split them.
-        override_num_blocks=max(1, source.task_count()),
+    return read_records(
+        MsCelebTsvDatasource([uris] if isinstance(uris, str) else uris, range_bytes)
     )

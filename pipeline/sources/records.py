@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 import ray
+from ray.data import Datasource
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -35,3 +38,26 @@ def io_concurrency() -> int:
 
 def records_table(rows: dict[str, list]) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=RECORD_SCHEMA)
+
+
+@dataclass(frozen=True)
+class ExpectedRows:
+    """How many input rows a source will yield: exact (files listed) or estimated (TSV bytes)."""
+
+    rows: int
+    exact: bool
+
+    def __add__(self, other: ExpectedRows) -> ExpectedRows:
+        return ExpectedRows(self.rows + other.rows, self.exact and other.exact)
+
+
+def read_records(source: Datasource) -> ray.data.Dataset:
+    """A source's input records as a Ray Dataset: zero-CPU read tasks, bounded in number, one
+    block stream per task (the tasks' own blocks are the unit of work; no re-splitting)."""
+    tasks = source.task_count()
+    return ray.data.read_datasource(
+        source,
+        num_cpus=IO_TASK_CPUS,
+        concurrency=max(1, min(io_concurrency(), tasks)),
+        override_num_blocks=max(1, tasks),
+    )
