@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,16 +26,23 @@ def version_files(corpus: str, version: int | None = None) -> tuple[Location, li
     return root, [root.join(f).path for f in manifest.data_files(version)]
 
 
+def iter_metadata_tables(
+    corpus: str, version: int | None = None, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """The version's accepted rows without the ``face`` column (unless asked for), one shard at
+    a time: what a scan of a corpus of millions of rows holds at once is one shard's columns."""
+    root, files = version_files(corpus, version)
+    if not files:
+        raise CorpusError(f"version {version or 'latest'} of {corpus} has no accepted rows")
+    for path in files:
+        yield pq.read_table(path, columns=columns or METADATA_COLUMNS, filesystem=root.fs)
+
+
 def read_metadata_table(
     corpus: str, version: int | None = None, columns: list[str] | None = None
 ) -> pa.Table:
-    """The version's accepted rows without the ``face`` column (unless asked for)."""
-    root, files = version_files(corpus, version)
-    columns = columns or METADATA_COLUMNS
-    tables = [pq.read_table(f, columns=columns, filesystem=root.fs) for f in files]
-    if not tables:
-        raise CorpusError(f"version {version or 'latest'} of {corpus} has no accepted rows")
-    return pa.concat_tables(tables)
+    """The version's accepted rows without the ``face`` column (unless asked for), in one table."""
+    return pa.concat_tables(iter_metadata_tables(corpus, version, columns))
 
 
 def labelled_counts(

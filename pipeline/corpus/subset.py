@@ -194,7 +194,10 @@ def make_subset(config: SubsetConfig) -> SubsetEntry:
     manifest = load_manifest(config.corpus)
     version = manifest.latest if config.version is None else config.version
     manifest.entries_up_to(version)  # raises for a version that does not exist
-    table = read_metadata_table(config.corpus, version)
+    # Only what choosing and the subset file need: the names would double what a scan holds.
+    table = read_metadata_table(
+        config.corpus, version, ["content_hash", "identity", "gender", "region", "split"]
+    )
     rows = choose_rows(table, config)
     chosen = table.take(pa.array(rows, type=pa.int64())).select(
         ["content_hash", "identity", "split"]
