@@ -9,10 +9,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from cluster.options import ConfigError, add_config_arguments, load_config, overrides_from_args
+from cluster.options import ConfigError, config_parser, load_config, overrides_from_args
 from pipeline.console import quiet_console
 from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.corpus.manifest import CorpusError
@@ -22,23 +21,6 @@ from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
 from training.finetune_config import FinetuneConfig
 from training.predict_config import PredictConfig
 from training.pretrain_config import PretrainConfig
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _config_parser(
-    sub, name: str, cls: type, help_text: str, run: Command
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument(
-        "--config", metavar="YAML", help="YAML file with these options (flags override it)"
-    )
-    parser.add_argument(
-        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)"
-    )
-    add_config_arguments(parser, cls)
-    parser.set_defaults(run=run, config_class=cls, config_section=name)
-    return parser
 
 
 def _load(args: argparse.Namespace):
@@ -174,14 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         "corpus", help="build, grow, subset and describe the pre-training corpus"
     )
     corpus_cmds = corpus.add_subparsers(dest="command", required=True)
-    _config_parser(
+    config_parser(
         corpus_cmds,
         "build",
         CorpusBuildConfig,
         "Build version 1 of a corpus from face images and their labels.",
         lambda a: _corpus_build(a, append=False),
     )
-    _config_parser(
+    config_parser(
         corpus_cmds,
         "add",
         CorpusBuildConfig,
@@ -195,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--version", type=int, default=None)
     stats.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     stats.set_defaults(run=_corpus_stats)
-    _config_parser(
+    config_parser(
         corpus_cmds,
         "subset",
         SubsetConfig,
@@ -205,28 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = stages.add_parser("synth", help="write a synthetic face world in the real data formats")
     synth_cmds = synth.add_subparsers(dest="command", required=True)
-    _config_parser(
+    config_parser(
         synth_cmds,
         "celeb",
         SynthCelebConfig,
         "An MS-Celeb-like world: TSV, OpenFace CSVs, biographies and ground truth.",
         lambda a: _synth(a, "celeb"),
     )
-    _config_parser(
+    config_parser(
         synth_cmds,
         "disfa",
         SynthDisfaConfig,
         "A DISFA-like world: videos and AU intensity label files in DISFA's layout.",
         lambda a: _synth(a, "disfa"),
     )
-    _config_parser(
+    config_parser(
         stages,
         "pretrain",
         PretrainConfig,
         "Pre-train the VGG13 on a corpus version with Ray Train (DDP), tracked in MLflow.",
         _pretrain,
     )
-    finetune = _config_parser(
+    finetune = config_parser(
         stages,
         "finetune",
         FinetuneConfig,
@@ -240,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the DISFA root (same as --disfa-root)",
     )
-    predict = _config_parser(
+    predict = config_parser(
         stages,
         "predict",
         PredictConfig,

@@ -578,9 +578,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(stages: Any) -> argparse.ArgumentParser:
     """Add ``facs demo`` to the ``facs`` subcommands."""
-    from cluster.cli import _config_parser
+    from cluster.options import config_parser
 
-    return _config_parser(
+    return config_parser(
         stages,
         "demo",
         DemoConfig,

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.options import from_dict, merge_dicts, overrides_from_args, read_yaml_mapping
+from cluster.options import (
+    config_parser,
+    from_dict,
+    merge_dicts,
+    overrides_from_args,
+    read_yaml_mapping,
+)
 from pipeline.ray_runtime import ensure_ray
-from tune.scaling_config import ScalingConfig
+from tune.scaling_config import ScalingStudyConfig
 
 HELP = (
     "Pre-train on gender-balanced subsets of the corpus (by images and by people), fine-tune "
@@ -14,17 +20,19 @@ HELP = (
 )
 
 
-def load_scaling_config(yaml_path: str | None, overrides: dict | None = None) -> ScalingConfig:
+def load_scaling_config(yaml_path: str | None, overrides: dict | None = None) -> ScalingStudyConfig:
     """Defaults <- ``pretrain_yaml``/``finetune_yaml`` <- the scaling YAML <- flags (flags win)."""
     data = merge_dicts(read_yaml_mapping(yaml_path) if yaml_path else {}, overrides or {})
     for section in ("pretrain", "finetune"):
         base = data.get(f"{section}_yaml")
         if base:
             data[section] = merge_dicts(read_yaml_mapping(base), data.get(section) or {})
-    return from_dict(ScalingConfig, data, where=str(yaml_path) if yaml_path else "ScalingConfig")
+    return from_dict(
+        ScalingStudyConfig, data, where=str(yaml_path) if yaml_path else "ScalingStudyConfig"
+    )
 
 
-def config_from_args(args: argparse.Namespace) -> ScalingConfig:
+def config_from_args(args: argparse.Namespace) -> ScalingStudyConfig:
     return load_scaling_config(args.config, overrides_from_args(args))
 
 
@@ -49,11 +57,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(stages) -> argparse.ArgumentParser:
     """Add ``facs experiment scaling`` to the ``facs`` subparsers; returns its parser."""
-    from cluster.cli import _config_parser  # cli.py imports this module: import at call time
 
     experiment = stages.add_parser("experiment", help="the paper's experiments (scaling)")
     commands = experiment.add_subparsers(dest="command", required=True)
-    parser = _config_parser(commands, "scaling", ScalingConfig, HELP, _run)
+    parser = config_parser(commands, "scaling", ScalingStudyConfig, HELP, _run)
     parser.add_argument(
         "--disfa",
         dest="cfg__disfa__root",

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -157,10 +158,6 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     return cls(**kwargs)
 
 
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
 def read_yaml_mapping(yaml_path: str | Path) -> dict:
     """A YAML file whose top level must be a mapping (an empty file is an empty one)."""
     loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
@@ -193,5 +190,22 @@ def load_config(
     return from_dict(cls, data, where=str(yaml_path) if yaml_path else cls.__name__)
 
 
-def dump_yaml(config: Any) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+#: What a sub-command runs: parsed arguments in, exit status out.
+Command = Callable[[argparse.Namespace], int]
+
+
+def config_parser(
+    sub, name: str, cls: type, help_text: str, run: Command
+) -> argparse.ArgumentParser:
+    """The sub-command ``name`` of ``sub``: ``--config YAML``, ``--ray-address``, and one flag per
+    field of the dataclass ``cls`` (nested ones prefixed); ``run`` is called with the result."""
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument(
+        "--config", metavar="YAML", help="YAML file with these options (flags override it)"
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)"
+    )
+    add_config_arguments(parser, cls)
+    parser.set_defaults(run=run, config_class=cls, config_section=name)
+    return parser

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.options import load_config, overrides_from_args
+from cluster.options import config_parser, load_config, overrides_from_args
 from pipeline.ray_runtime import ensure_ray
 from tune.sweep_config import SweepConfig
 
@@ -26,9 +26,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(stages) -> argparse.ArgumentParser:
     """Add ``facs tune`` to the ``facs`` subparsers ``stages``."""
-    from cluster.cli import _config_parser  # cli.py imports this module: import at call time
 
-    parser = _config_parser(stages, "tune", SweepConfig, HELP, _run)
+    parser = config_parser(stages, "tune", SweepConfig, HELP, _run)
     parser.add_argument(
         "--disfa",
         dest="cfg__finetune__disfa__root",

@@ -39,8 +39,3 @@ FACE_SIZE: int = 64
 def au_number(au: str) -> int:
     """``"AU04"`` -> 4."""
     return int(au[2:])
-
-
-def au_name(number: int) -> str:
-    """4 -> ``"AU04"``."""
-    return f"AU{number:02d}"

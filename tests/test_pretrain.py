@@ -275,7 +275,7 @@ def test_checkpoints_and_run_records_work_on_s3(s3_bucket, tmp_path, corpus):
         model_state={k: v.clone() for k, v in model.state_dict().items()},
         model_config={"width": 0.125},
         pixel_mean=0.42,
-        best_val_loss=0.61,
+        best_score=0.61,
         best_epoch=3,
     )
     local = save_checkpoint(tmp_path / "epoch-0004", state)
@@ -331,3 +331,15 @@ def test_an_epoch_repeats_reshuffled_passes_until_its_minimum_steps_within_the_l
     assert all(len(set(p)) == 96 for p in passes)  # each pass draws rows once
     assert sum(nine[0:3], []) != sum(nine[3:6], [])  # ... in a new order
     assert len(order(min_steps=7, limit=5)) == 5
+
+
+def test_a_checkpoint_written_with_the_old_field_name_still_loads(tmp_path):
+    from dataclasses import asdict
+
+    from training.checkpoints import STATE_FILE, TrainingState, load_checkpoint
+
+    state = asdict(TrainingState(epoch=2, model_state={}, model_config={}, pixel_mean=0.5))
+    state["best_val_loss"] = state.pop("best_score")
+    state["best_val_loss"] = -0.47  # fine-tuning stored its negated F1 under this name
+    torch.save(state, tmp_path / STATE_FILE)
+    assert load_checkpoint(tmp_path).best_score == -0.47

@@ -27,7 +27,7 @@ from training.linear_probe import probe_cross_validation
 from training.model import ModelConfig
 from training.pretrain_config import PretrainConfig
 from tune.scaling import plan_points, run_scaling
-from tune.scaling_config import ScalingConfig
+from tune.scaling_config import ScalingStudyConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 IMAGES, PEOPLE = 64, 8
@@ -48,7 +48,9 @@ def disfa(tmp_path_factory) -> DisfaConfig:
     return DisfaConfig(root=world.out, cache=str(root / "cache"))
 
 
-def small_config(corpus_uri: str, disfa: DisfaConfig, folder: Path, **overrides) -> ScalingConfig:
+def small_config(
+    corpus_uri: str, disfa: DisfaConfig, folder: Path, **overrides
+) -> ScalingStudyConfig:
     """Thin nets, one epoch of two steps, one fold: the shape of the experiment, not its figures."""
     values = dict(
         corpus=corpus_uri,
@@ -87,7 +89,7 @@ def small_config(corpus_uri: str, disfa: DisfaConfig, folder: Path, **overrides)
         mlflow_uri=f"sqlite:///{folder / 'mlflow.db'}",
     )
     values.update(overrides)
-    return ScalingConfig(**values)
+    return ScalingStudyConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -304,4 +306,4 @@ def test_the_cli_reads_sizes_disfa_and_nested_settings(tmp_path):
     assert (config.finetune.lr, config.finetune.max_epochs) == (0.0003, 9)  # flag beats YAML
     assert config.concurrent == 2 and config.point_eval == "probe"
     with pytest.raises(ValueError, match="images"):
-        ScalingConfig(images=["1000", "lots"])
+        ScalingStudyConfig(images=["1000", "lots"])

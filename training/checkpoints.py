@@ -32,7 +32,9 @@ class TrainingState:
     #: Mean pixel on the [0, 1] scale subtracted from every input: inference must use it too.
     pixel_mean: float
     optimizer_state: dict[str, Any] | None = None
-    best_val_loss: float = math.inf
+    #: The value early stopping minimises, at its best epoch: the val loss in pre-training, the
+    #: negated monitored score (e.g. -F1) in fine-tuning.
+    best_score: float = math.inf
     best_epoch: int = 0
     epochs_without_improvement: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -42,7 +44,7 @@ class TrainingState:
             "epoch": self.epoch,
             "pixel_mean": self.pixel_mean,
             "model_config": self.model_config,
-            "best_val_loss": self.best_val_loss,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "epochs_without_improvement": self.epochs_without_improvement,
             "metrics": self.metrics,
@@ -74,6 +76,8 @@ def load_checkpoint(uri: str | os.PathLike) -> TrainingState:
             f"{location.uri}: no {STATE_FILE}; is {uri} a pre-training checkpoint?"
         )
     raw = torch.load(io.BytesIO(location.read_bytes()), map_location="cpu", weights_only=True)
+    if "best_val_loss" in raw:  # checkpoints written before the field was named for what it holds
+        raw["best_score"] = raw.pop("best_val_loss")
     try:
         return TrainingState(**raw)
     except TypeError as error:

@@ -402,7 +402,7 @@ def finetune_with(setup: FoldSetup) -> None:
 
     sign = 1.0 if config.lower_is_better else -1.0
     start_epoch = state.epoch if state is not None else 0
-    best_score = state.best_val_loss if state is not None else math.inf  # sign * monitor
+    best_score = state.best_score if state is not None else math.inf  # sign * monitor
     best_epoch = state.best_epoch if state is not None else 0
     waiting = state.epochs_without_improvement if state is not None else 0
     if best_state is None:
@@ -523,7 +523,7 @@ def finetune_with(setup: FoldSetup) -> None:
                 model_config=asdict(core.config),
                 pixel_mean=setup.pixel_mean,
                 optimizer_state=optimizer.state_dict(),
-                best_val_loss=best_score,
+                best_score=best_score,
                 best_epoch=best_epoch,
                 epochs_without_improvement=waiting,
                 metrics={k: float(v) for k, v in reported.items()},
@@ -575,7 +575,7 @@ def finetune_with(setup: FoldSetup) -> None:
         model_state=best_state,
         model_config=asdict(core.config),
         pixel_mean=setup.pixel_mean,
-        best_val_loss=best_score,
+        best_score=best_score,
         best_epoch=best_epoch,
         epochs_without_improvement=waiting,
         metrics={"best_monitor": sign * best_score, "best_epoch": float(best_epoch)},

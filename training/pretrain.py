@@ -418,19 +418,19 @@ def finish(
             "corpus.subset": facts.subset or "",
             "corpus.manifest_hash": facts.manifest_hash,
             "best_epoch": best_state.epoch,
-            "val_loss": best_state.best_val_loss,
+            "val_loss": best_state.best_score,
             "checkpoint": best_uri,
         },
         metadata={"corpus_version": facts.version, "best_epoch": best_state.epoch},
         evaluation=Evaluation(
             key=f"{facts.uri} v{facts.version} subset {facts.subset or '-'}, val split",
             metric="val_loss",
-            value=best_state.best_val_loss,
+            value=best_state.best_score,
             higher_is_better=False,
         ),
         # The model's own scores on the corpus's validation split, linked to the corpus input.
         scores={
-            "final_best_val_loss": best_state.best_val_loss,
+            "final_best_val_loss": best_state.best_score,
             "final_best_val_f1_mean": best_state.metrics.get("val_f1_mean", math.nan),
             "final_best_epoch": best_state.epoch,
             "final_epochs": epochs,
@@ -439,7 +439,7 @@ def finish(
         scores_step=epochs,
     )
     end_run(mlflow_run, "FINISHED")
-    best_val_loss = best_state.best_val_loss
+    best_val_loss = best_state.best_score
     print(
         f"[facs] run {name} done: {epochs} epochs, best val loss {best_val_loss:.4f} at epoch "
         f"{best_state.epoch}; best checkpoint {best_uri}"

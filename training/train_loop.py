@@ -274,7 +274,7 @@ def train_with(setup: WorkerSetup) -> None:
 
     start_epoch = state.epoch if state is not None else 0
     steps_done = int(state.metrics.get("steps", 0)) if state is not None else 0
-    best_val_loss = state.best_val_loss if state is not None else math.inf
+    best_val_loss = state.best_score if state is not None else math.inf
     best_epoch = state.best_epoch if state is not None else 0
     waiting = state.epochs_without_improvement if state is not None else 0
     if state is not None and rank == 0:
@@ -406,7 +406,7 @@ def train_with(setup: WorkerSetup) -> None:
             model_config=asdict(config.model),
             pixel_mean=setup.pixel_mean,
             optimizer_state=optimizer.state_dict(),
-            best_val_loss=best_val_loss,
+            best_score=best_val_loss,
             best_epoch=best_epoch,
             epochs_without_improvement=waiting,
             metrics={k: float(v) for k, v in metrics.items() if k in REPORTED},

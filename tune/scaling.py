@@ -58,7 +58,7 @@ from training.tracking import (
     store_path,
     uses_default_store,
 )
-from tune.scaling_config import ALL, ScalingConfig
+from tune.scaling_config import ALL, ScalingStudyConfig
 from tune.scaling_report import write_scaling_report
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def largest_balanced(train: pa.Table, axis: str) -> int:
     return 2 * min(counts)
 
 
-def subset_name(axis: str, size: int, config: ScalingConfig, version: int) -> str:
+def subset_name(axis: str, size: int, config: ScalingStudyConfig, version: int) -> str:
     budget = (
         f"-images-{config.identity_images}"
         if axis == "identities" and config.identity_images
@@ -162,7 +162,7 @@ def subset_name(axis: str, size: int, config: ScalingConfig, version: int) -> st
     return f"scaling-{axis}-{size}{budget}-{config.balance}-seed{config.subset_seed}-v{version}"
 
 
-def plan_points(config: ScalingConfig, version: int) -> list[PlannedPoint]:
+def plan_points(config: ScalingStudyConfig, version: int) -> list[PlannedPoint]:
     """Every point the experiment trains, with its rows chosen; raises ``CorpusError`` naming the
     size when the corpus cannot give it (before any training or subset is written)."""
     rows = labelled_rows(config.corpus, version)
@@ -224,7 +224,7 @@ def plan_points(config: ScalingConfig, version: int) -> list[PlannedPoint]:
     ]
 
 
-def write_subsets(config: ScalingConfig, version: int, points: list[PlannedPoint]) -> None:
+def write_subsets(config: ScalingStudyConfig, version: int, points: list[PlannedPoint]) -> None:
     """Save each point's rows (its training rows + the whole val split) as a named corpus subset."""
     root = Location.of(config.corpus)
     manifest = load_manifest(config.corpus)
@@ -266,7 +266,7 @@ def write_subsets(config: ScalingConfig, version: int, points: list[PlannedPoint
 
 
 def shared_pretrain(
-    config: ScalingConfig, version: int, root: Location, uri: str
+    config: ScalingStudyConfig, version: int, root: Location, uri: str
 ) -> PretrainConfig:
     """The pre-training settings of every point (only ``subset`` and ``run_name`` vary)."""
     return replace(
@@ -282,7 +282,7 @@ def shared_pretrain(
     )
 
 
-def shared_finetune(config: ScalingConfig, root: Location, uri: str) -> FinetuneConfig:
+def shared_finetune(config: ScalingStudyConfig, root: Location, uri: str) -> FinetuneConfig:
     """The fine-tuning settings of every point (only ``pretrained`` and ``run_name`` vary)."""
     return replace(
         config.finetune,
@@ -412,19 +412,21 @@ def log_curves(parent: RunHandle, points: list[PointResult]) -> None:
                 )
 
 
-def output_uri(config: ScalingConfig) -> str:
+def output_uri(config: ScalingStudyConfig) -> str:
     """``--output``, or the default run storage (see ``pipeline.run_storage``)."""
     return output_location(config.output, "scaling", "--output", DEFAULT_OUTPUT)
 
 
-def check_scaling(config: ScalingConfig) -> tuple[int, list[PlannedPoint]]:
+def check_scaling(config: ScalingStudyConfig) -> tuple[int, list[PlannedPoint]]:
     """Everything the experiment can be refused for before Ray starts (the CLI calls it first):
     the corpus version and whether it can give every size, the output, the MLflow store; the
     version and the planned points."""
     if not config.corpus:
-        raise ValueError("ScalingConfig.corpus: expected a corpus URI (--corpus), got none")
+        raise ValueError("ScalingStudyConfig.corpus: expected a corpus URI (--corpus), got none")
     if not config.disfa.root:
-        raise ValueError("ScalingConfig.disfa.root: expected the DISFA folder (--disfa), got none")
+        raise ValueError(
+            "ScalingStudyConfig.disfa.root: expected the DISFA folder (--disfa), got none"
+        )
     check_kept(config.corpus, "--corpus")  # the subsets are written into the corpus
     output_uri(config)
     resolve_tracking_uri(config.mlflow_uri)
@@ -434,7 +436,7 @@ def check_scaling(config: ScalingConfig) -> tuple[int, list[PlannedPoint]]:
     return version, plan_points(config, version)
 
 
-def run_scaling(config: ScalingConfig) -> ScalingResult:
+def run_scaling(config: ScalingStudyConfig) -> ScalingResult:
     """Plan, check, write the subsets, run every point, write Tables IV/V and Figures 3/4.
 
     Starts a local Ray if none is connected. Raises ``CorpusError`` before any training when a
@@ -524,7 +526,7 @@ def run_scaling(config: ScalingConfig) -> ScalingResult:
     return result
 
 
-def experiment_facts(config: ScalingConfig, result: ScalingResult) -> dict[str, Any]:
+def experiment_facts(config: ScalingStudyConfig, result: ScalingResult) -> dict[str, Any]:
     """What the report says about the protocol every point shared."""
     pre, fine = config.pretrain, config.finetune
     return {
@@ -558,7 +560,7 @@ def experiment_facts(config: ScalingConfig, result: ScalingResult) -> dict[str, 
     }
 
 
-def report(config: ScalingConfig, result: ScalingResult, parent: RunHandle) -> list[str]:
+def report(config: ScalingStudyConfig, result: ScalingResult, parent: RunHandle) -> list[str]:
     """Write the tables, figures and ``scaling.json`` under ``<run>/report`` and on the parent run."""
     target = Location.of(result.report_uri)
     with tempfile.TemporaryDirectory(prefix="facs-scaling-") as local:

@@ -30,7 +30,7 @@ def parse_sizes(values: list[str] | list[int], what: str) -> list[int | None]:
                 size = 0
             if size < 1:
                 raise ValueError(
-                    f"ScalingConfig.{what}: expected positive whole numbers or {ALL!r}, "
+                    f"ScalingStudyConfig.{what}: expected positive whole numbers or {ALL!r}, "
                     f"got {value!r}"
                 )
         if size not in sizes:
@@ -39,7 +39,7 @@ def parse_sizes(values: list[str] | list[int], what: str) -> list[int | None]:
 
 
 @dataclass
-class ScalingConfig:
+class ScalingStudyConfig:
     """One scaling experiment: subsets of the corpus by images and by people, each pre-trained and
     fine-tuned with the same ``pretrain`` and ``finetune`` settings (only the subset differs)."""
 
@@ -142,31 +142,31 @@ class ScalingConfig:
         parse_sizes(self.images, "images")
         parse_sizes(self.identities, "identities")
         if not self.images and not self.identities:
-            raise ValueError("ScalingConfig: expected some --images or --identities sizes")
+            raise ValueError("ScalingStudyConfig: expected some --images or --identities sizes")
         if self.corpus_version is not None and self.corpus_version < 1:
             raise ValueError(
-                f"ScalingConfig.corpus_version: expected >= 1, got {self.corpus_version}"
+                f"ScalingStudyConfig.corpus_version: expected >= 1, got {self.corpus_version}"
             )
         if self.point_eval not in ("finetune", "probe"):
             raise ValueError(
-                f"ScalingConfig.point_eval: expected 'finetune' or 'probe', got {self.point_eval!r}"
+                f"ScalingStudyConfig.point_eval: expected 'finetune' or 'probe', got {self.point_eval!r}"
             )
         if self.concurrent < 1:
-            raise ValueError(f"ScalingConfig.concurrent: expected >= 1, got {self.concurrent}")
+            raise ValueError(f"ScalingStudyConfig.concurrent: expected >= 1, got {self.concurrent}")
         if self.identity_images is not None:
             if self.identity_images < 1:
                 raise ValueError(
-                    f"ScalingConfig.identity_images: expected >= 1, got {self.identity_images}"
+                    f"ScalingStudyConfig.identity_images: expected >= 1, got {self.identity_images}"
                 )
             if None in self.identity_sizes():
                 raise ValueError(
-                    f"ScalingConfig.identities: {ALL!r} has no fixed image budget; with "
+                    f"ScalingStudyConfig.identities: {ALL!r} has no fixed image budget; with "
                     "--identity-images give numbers of people"
                 )
             too_many = [n for n in self.identity_sizes() if n and n > self.identity_images]
             if too_many:
                 raise ValueError(
-                    f"ScalingConfig.identities: {too_many} people cannot share "
+                    f"ScalingStudyConfig.identities: {too_many} people cannot share "
                     f"{self.identity_images} images (at least one each)"
                 )
 

@@ -36,10 +36,6 @@ def io_concurrency() -> int:
     return max(2, int(cpus))
 
 
-def records_table(rows: dict[str, list]) -> pa.Table:
-    return pa.Table.from_pydict(rows, schema=RECORD_SCHEMA)
-
-
 @dataclass(frozen=True)
 class ExpectedRows:
     """How many input rows a source will yield: exact (files listed) or estimated (TSV bytes)."""
