@@ -30,7 +30,7 @@ from pipeline.vocabulary import DISFA_AUS
 from training.augment import to_model_input
 from training.data import FACE_COLUMN, faces_from_arrow
 from training.evaluate import CVMetrics, FoldPredictions, evaluate_folds
-from training.finetune import labels_from_table
+from training.finetune_data import labels_from_table
 from training.model import VGG13
 
 #: Inverse regularisation strength of every per-AU fit (standardised features).

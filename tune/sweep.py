@@ -41,13 +41,9 @@ from pipeline.ray_runtime import ensure_ray, require_state_api
 from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.storage import Location, is_s3
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
-from training.finetune import (
-    arm_inits,
-    fold_data,
-    prepared_folds,
-    run_cross_validation,
-)
+from training.finetune import arm_inits, prepared_folds, run_cross_validation
 from training.finetune_config import FinetuneConfig
+from training.finetune_data import fold_data
 from training.tracking import (
     RunHandle,
     create_run,

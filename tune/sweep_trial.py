@@ -32,19 +32,16 @@ from pipeline.disfa import DisfaFrames, Fold
 from pipeline.storage import Location, is_s3
 from training.augment import FaceAugment
 from training.data import BatchOptions, ingest_config
-from training.finetune import (
-    LABEL_COLUMNS,
+from training.finetune import scaling_config
+from training.finetune_config import FinetuneConfig
+from training.finetune_data import LABEL_COLUMNS, FoldData, class_weights, fold_batches
+from training.finetune_worker import (
     EvalOutput,
-    FoldData,
-    _subject,
-    class_weights,
     evaluate_batches,
-    fold_batches,
-    scaling_config,
     set_fc_dropout,
+    subject_of_code,
     train_epoch,
 )
-from training.finetune_config import FinetuneConfig
 from training.init_weights import InitWeights, initial_model
 from training.metrics import au_metrics, tune_thresholds
 from training.model import ModelConfig, freeze_classifier, freeze_conv_blocks
@@ -304,7 +301,7 @@ def _report(
 
 
 def _names(subjects: Sequence[str], codes: Sequence[int]) -> str:
-    return ",".join(sorted(_subject(subjects, int(c)) for c in codes))
+    return ",".join(sorted(subject_of_code(subjects, int(c)) for c in codes))
 
 
 # ---------------------------------------------------------------------------------------------
