@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -249,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_console_log(argv: list[str]) -> Path:
     """Where a quiet console sends Ray's output until the command names its run directory."""
-    words = [w for w in argv if not w.startswith("-")][:2] or ["facs"]
+    words = []  # the sub-command's words: those before the first flag, never a flag's value
+    for word in argv[:2]:
+        if word.startswith("-"):
+            break
+        words.append(re.sub(r"[^A-Za-z0-9_.]+", "_", word))
+    words = words or ["facs"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return (
         Path(tempfile.gettempdir()) / "facs-logs" / f"{'-'.join(words)}-{stamp}-{os.getpid()}.log"

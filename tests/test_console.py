@@ -82,3 +82,14 @@ def test_a_ray_stage_prints_its_own_lines_and_logs_rays_unless_verbose(tmp_path)
     loud = build(tmp_path, "--verbose")
     assert "Execution plan of Dataset" in loud.stdout + loud.stderr
     assert len(shown.splitlines()) < len((loud.stdout + loud.stderr).splitlines())
+
+
+def test_the_default_console_log_is_named_by_the_sub_command_not_its_values() -> None:
+    from cluster.cli import default_console_log
+
+    path = default_console_log(["pretrain", "--corpus", "/tmp/some/corpus", "--workers", "2"])
+    assert path.name.startswith("pretrain-") and path.parent.name == "facs-logs"
+    assert "corpus" not in path.name
+    nested = default_console_log(["corpus", "build", "--corpus", "s3://b/c"])
+    assert nested.name.startswith("corpus-build-") and nested.parent.name == "facs-logs"
+    assert default_console_log(["--verbose"]).name.startswith("facs-")

@@ -601,3 +601,27 @@ def test_labeler_is_an_interface_and_label_batches_check_their_shape() -> None:
             label_source=["x"] * 2,
             label_reject=[None] * 2,
         )
+
+
+def test_key_index_finds_each_key_and_misses_the_rest() -> None:
+    import pyarrow as pa
+
+    from pipeline.labels.labeler import KeyIndex
+
+    keys = [f"m.{k:05d}_1-FaceId-0" for k in range(5000)]
+    index = KeyIndex(pa.array(keys))
+    asked = [keys[4999], "absent", keys[0], keys[1234], ""]
+    assert index.rows(asked).tolist() == [4999, -1, 0, 1234, -1]
+    assert index.rows([]).tolist() == []
+    assert KeyIndex(pa.array([], pa.string())).rows(["a"]).tolist() == [-1]
+
+
+def test_key_index_tells_keys_apart_when_their_hashes_collide(monkeypatch) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    import pipeline.labels.labeler as labeler
+
+    monkeypatch.setattr(labeler, "_key_hashes", lambda keys: np.zeros(len(keys), np.uint64))
+    index = labeler.KeyIndex(pa.array(["a", "b", "c"]))
+    assert index.rows(["c", "a", "b", "d"]).tolist() == [2, 0, 1, -1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from hashlib import blake2b
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -78,12 +78,12 @@ class TableLabeler(Labeler):
 
     def __init__(self, table: pa.Table, *, name: str | None = None) -> None:
         table = _conform(table)
-        keys = pd.Index([image_key(n) for n in table["image_name"].to_pylist()], dtype=object)
-        first = ~keys.duplicated(keep="first")
-        self.duplicate_keys = int((~first).sum())
-        rows = pa.array(np.flatnonzero(first))
-        table = table.take(rows)
-        self._keys = pa.array(keys[first], pa.string())
+        keys = pa.array([image_key(n) for n in table["image_name"].to_pylist()], pa.string())
+        numbered = pa.table({"key": keys, "row": pa.array(np.arange(len(keys), dtype=np.int64))})
+        first = np.sort(numbered.group_by("key").aggregate([("row", "min")])["row_min"].to_numpy())
+        self.duplicate_keys = len(keys) - len(first)
+        table = table.take(pa.array(first))
+        self._keys = keys.take(pa.array(first))
         self._au = np.column_stack(
             [table[au].fill_null(NO_LABEL).to_numpy().astype(np.int8) for au in OPENFACE_AUS]
         ).reshape(table.num_rows, len(OPENFACE_AUS))
@@ -91,7 +91,7 @@ class TableLabeler(Labeler):
         self._source_codes, self._sources = _encode(table["label_source"])
         self._reject_codes, self._rejects = _encode(table["label_reject"])
         self.name = name if name is not None else "+".join(self._sources[:-1]) or "table"
-        self._index: pd.Index | None = None
+        self._index: KeyIndex | None = None
 
     @classmethod
     def from_tables(cls, tables: Sequence[pa.Table], *, name: str | None = None) -> TableLabeler:
@@ -115,8 +115,8 @@ class TableLabeler(Labeler):
         if faces is not None and len(faces) != len(image_names):
             raise ValueError(f"{len(image_names)} image names but {len(faces)} faces")
         if self._index is None:
-            self._index = pd.Index(self._keys.to_pylist(), dtype=object)
-        rows = self._index.get_indexer([image_key(name) for name in image_names])
+            self._index = KeyIndex(self._keys)
+        rows = self._index.rows([image_key(name) for name in image_names])
         found = rows >= 0
         au = np.full((len(rows), len(OPENFACE_AUS)), NO_LABEL, dtype=np.int8)
         au[found] = self._au[rows[found]]
@@ -126,6 +126,46 @@ class TableLabeler(Labeler):
             self._reject_codes, self._rejects, rows, found, RejectReason.NO_LABEL.value
         )
         return LabelBatch(au=au, gender=gender, label_source=source, label_reject=reject)
+
+
+def _key_hashes(keys: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each key (blake2b: stable across processes, unlike ``hash``)."""
+    return np.fromiter(
+        (int.from_bytes(blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
+        dtype=np.uint64,
+        count=len(keys),
+    )
+
+
+class KeyIndex:
+    """Row of each key in a string array: sorted 64-bit hashes, each match checked on the key.
+
+    16 bytes a key on top of the Arrow array: a label table of millions of rows is held by every
+    build worker, where a hash index of Python strings took about 10x that.
+    """
+
+    def __init__(self, keys: pa.Array) -> None:
+        self.keys = keys
+        hashes = _key_hashes(keys.to_pylist())
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted = hashes[self.order]
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        """Each name's row in ``keys``, or -1."""
+        if not len(names) or not len(self.sorted):
+            return np.full(len(names), -1, dtype=np.int64)
+        wanted = _key_hashes(names)
+        at = np.searchsorted(self.sorted, wanted)
+        result = np.full(len(names), -1, dtype=np.int64)
+        for i in np.flatnonzero(at < len(self.sorted)):
+            j = at[i]
+            while j < len(self.sorted) and self.sorted[j] == wanted[i]:  # equal hashes: check keys
+                row = int(self.order[j])
+                if self.keys[row].as_py() == names[i]:
+                    result[i] = row
+                    break
+                j += 1
+        return result
 
 
 def _conform(table: pa.Table) -> pa.Table:
