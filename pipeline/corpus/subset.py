@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, save_manifest
@@ -68,12 +69,21 @@ def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
     return quota
 
 
+def _values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A string column as an object array in which equal values are one Python object: a
+    million rows of a few thousand people cost a pointer a row, not a string a row."""
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    lookup = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
+    return lookup[encoded.indices.fill_null(-1).to_numpy()]
+
+
 def _strata(table: pa.Table, balance: str) -> np.ndarray:
-    gender = np.asarray(table.column("gender").to_pylist(), dtype=object)
     if balance == "gender":
-        return gender
-    region = np.asarray(table.column("region").to_pylist(), dtype=object)
-    return np.array([f"{g}|{r}" for g, r in zip(gender, region, strict=True)], dtype=object)
+        return _values(table.column("gender"))
+    joined = pc.binary_join_element_wise(table.column("gender"), table.column("region"), "|")
+    return _values(joined)
 
 
 def _gender_quota(capacity: dict[str, int], total: int, balance: str) -> dict[str, int]:
@@ -130,7 +140,7 @@ def choose_rows(table: pa.Table, config: SubsetConfig) -> np.ndarray:
             rows = np.flatnonzero((strata == stratum) & usable)
             chosen.append(np.sort(rng.permutation(rows)[: quota[stratum]]))
         return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
-    identity = np.asarray(table.column("identity").to_pylist(), dtype=object)
+    identity = _values(table.column("identity"))
     people: dict[str, str] = {}
     for who, stratum, ok in zip(identity, strata, usable, strict=True):
         if ok:
@@ -157,7 +167,7 @@ def _people_at_budget(
     people, share = config.identities, config.images // config.identities
     extra = config.images - share * people
     needed = share + (1 if extra else 0)
-    identity = np.asarray(table.column("identity").to_pylist(), dtype=object)
+    identity = _values(table.column("identity"))
     rows_of: dict[str, list[int]] = {}
     stratum_of: dict[str, str] = {}
     for row, (who, stratum, ok) in enumerate(zip(identity, strata, usable, strict=True)):
