@@ -393,9 +393,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    command = "python " + " ".join(sys.argv)
     if args.input_path:  # its own section of the results file; the other parts stay
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         results["input_path"] = input_path(args)
+        results.setdefault("command", command)  # the command of the file's main sections
+        results.setdefault("commands", {})["input_path"] = command
         results["input_path"]["machine"] = {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -408,6 +411,12 @@ def main() -> None:
 
     gpu = gpu_mfu([int(b) for b in args.gpu_batches.split(",")], args.gpu_steps, args.compile)
     results: dict = {
+        "command": command,
+        "commands": {
+            "machine": command,
+            "gpu": command,
+            **({} if args.gpu_only else {"cpu": command}),
+        },
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

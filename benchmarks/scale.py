@@ -47,6 +47,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from corpus_build import with_comment  # noqa: E402  (benchmarks/ is this script's folder)
+
 from pipeline.labels import read_openface_image_csvs  # noqa: E402
 from pipeline.labels.release_csv import RELEASE_HEADER  # noqa: E402
 from pipeline.names import image_key, msceleb_image_name  # noqa: E402
@@ -149,12 +151,6 @@ def aligned_crop(jpeg: bytes, side: int = CROP_SIDE) -> bytes:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
     return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-
-
-def with_comment(jpeg: bytes, text: str) -> bytes:
-    """The same JPEG with a COM segment after SOI: decodes identically, hashes differently."""
-    payload = text.encode()
-    return jpeg[:2] + b"\xff\xfe" + len(payload).to_bytes(2, "big") + payload + jpeg[2:]
 
 
 def write_inputs(

@@ -7,6 +7,7 @@ the console may be a log file, a ``ray job logs`` stream or a CI log, where a ba
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,10 @@ from pipeline.console import PRODUCT_TAG
 PROGRESS_EVERY = 15.0
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``59s``, ``1m01s``, ``1h01m``; ``?`` for a time not known (NaN, infinite)."""
+    if not math.isfinite(seconds):
+        return "?"
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
@@ -40,7 +44,7 @@ def progress_line(
     text += f", {rate:,.0f} rows/s"
     if total and rate > 0:
         left = max(total - done, 0) / rate
-        text += f", ETA {_duration(left)}" if done < total else ", finishing"
+        text += f", ETA {format_duration(left)}" if done < total else ", finishing"
     return text
 
 

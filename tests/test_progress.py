@@ -35,8 +35,10 @@ def test_reporter_prints_periodically_from_the_count_and_stops() -> None:
     counter = itertools.count(100, 100)
     printed: list[str] = []
     with RowProgress("work", lambda: next(counter), 1000, every=0.05, emit=printed.append) as p:
-        while len(p.lines) < 3:
-            pass
+        deadline = time.monotonic() + 30  # a reporter that never prints fails, not hangs
+        while len(p.lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(p.lines) >= 3
     settled = len(printed)
     assert printed[:3] == p.lines[:3]
     assert [line.split(": ")[1].split(" ")[0] for line in printed[:3]] == ["100", "200", "300"]
@@ -99,4 +101,4 @@ def test_a_build_reports_its_progress(tmp_path, shared_data, ray_local, monkeypa
 
 @pytest.mark.parametrize("seconds, text", [(59, "59s"), (61, "1m01s"), (3660, "1h01m")])
 def test_durations_read_naturally(seconds: int, text: str) -> None:
-    assert pipeline.progress._duration(seconds) == text
+    assert pipeline.progress.format_duration(seconds) == text

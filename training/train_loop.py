@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.console import PRODUCT_TAG
+from pipeline.progress import format_duration
 from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.augment import FaceAugment, to_model_input
@@ -212,15 +213,6 @@ def evaluate(
     labels_array = np.concatenate(all_labels) if all_labels else np.zeros((0, width), np.uint8)
     probs_array = np.concatenate(all_probs) if all_probs else np.zeros((0, width), np.float32)
     return loss_sum, count, labels_array, probs_array
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def restore_state() -> TrainingState | None:
