@@ -171,8 +171,8 @@ def input_pipeline(corpus_uri: str, mean: float, passes: int = 2) -> dict[str, f
     for index in range(passes + 1):  # the first pass warms up Ray Data and is not timed
         dataset = corpus_splits(corpus_uri)["train"]
         start, count, first_at = time.perf_counter(), 0, None
-        for faces, _labels in device_batches(dataset.iterator(), options, "cpu"):
-            images = augment(to_model_input(faces, mean))
+        for batch in device_batches(dataset.iterator(), options, "cpu"):
+            images = augment(to_model_input(batch["faces"], mean))
             if first_at is None:
                 first_at = time.perf_counter()
             else:
@@ -210,7 +210,8 @@ def input_path_pass(
     (shard,) = corpus_splits(corpus_uri)["train"].streaming_split(1, equal=True)
     limit = None if max_rows is None else max(2, max_rows // batch)
     start, first_at, rows = time.perf_counter(), None, 0
-    for faces, labels in device_batches(shard, options, "cpu", limit):
+    for batch in device_batches(shard, options, "cpu", limit):
+        faces, labels = batch["faces"], batch["labels"]
         if augment is not None:
             images = augment(to_model_input(faces, mean))
             assert images.shape[0] == labels.shape[0]

@@ -30,7 +30,7 @@ from training.finetune import arm_inits, run_cross_validation
 from training.finetune_config import FinetuneConfig
 from training.finetune_data import class_weights
 from training.finetune_results import FoldResult, check_no_leakage
-from training.finetune_worker import snapshot
+from training.fold_trainer import snapshot
 from training.init_weights import InitError, initial_model, resolve_init
 from training.model import ModelConfig, build_model, freeze_classifier, freeze_conv_blocks
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.train
 import torch
@@ -115,34 +116,60 @@ def faces_from_arrow(column: pa.Array | pa.ChunkedArray, where: str = "batch") -
     return data[offsets[0] : offsets[-1]].reshape(len(column), FACE_SIZE, FACE_SIZE)
 
 
-def labels_from_arrow(table: pa.Table, where: str = "batch") -> np.ndarray:
-    """The 17 AU columns -> ``(N, 17)`` uint8 presence bits; a null or non-0/1 label is an error."""
-    labels = np.empty((table.num_rows, len(LABEL_COLUMNS)), dtype=np.uint8)
-    for k, au in enumerate(LABEL_COLUMNS):
+def labels_from_arrow(
+    table: pa.Table, where: str = "batch", columns: Sequence[str] = LABEL_COLUMNS
+) -> np.ndarray:
+    """The AU ``columns`` -> ``(N, K)`` uint8 presence bits; a null or non-0/1 label is an error."""
+    labels = np.empty((table.num_rows, len(columns)), dtype=np.uint8)
+    for k, au in enumerate(columns):
         column = table.column(au)
         if column.null_count:
             row = int(column.is_null().to_numpy(zero_copy_only=False).argmax())
             raise ValueError(f"{where}: row {row} has no {au} label; expected 0 or 1")
         values = column.to_numpy(zero_copy_only=False)
-        if ((values != 0) & (values != 1)).any():
-            row = int(np.argmax((values != 0) & (values != 1)))
+        bad = (values != 0) & (values != 1)
+        if bad.any():
+            row = int(np.argmax(bad))
             raise ValueError(f"{where}: row {row} has {au} = {values[row]}; expected 0 or 1")
         labels[:, k] = values
     return labels
 
 
 class FaceBatchCollate(ArrowBatchCollateFn):
-    """Arrow batch -> ``{"faces": uint8 (N, 64, 64), "labels": uint8 (N, 17)}`` CPU tensors.
+    """Arrow batch -> ``{"faces": uint8 (N, 64, 64), "labels": uint8 (N, K)}`` CPU tensors.
+
+    ``label_columns`` name the targets in the order of the model's logits (the corpus's 17
+    OpenFace AUs by default, DISFA's 12 when fine-tuning). With ``subjects``, each row's subject
+    also travels, as its index in that list (-1 if missing: strings cannot ride to the device),
+    with its ``frame`` number, so every worker can report exactly whose frames it was fed.
 
     The bytes stay uint8 until they reach the device (a quarter of float32's traffic); Ray moves
     the dict to the worker's device (and pins it, if asked) after this runs in its prefetch thread.
     """
 
+    def __init__(
+        self,
+        label_columns: Sequence[str] = LABEL_COLUMNS,
+        subjects: Sequence[str] | None = None,
+        where: str = "batch",
+    ) -> None:
+        self.label_columns = tuple(label_columns)
+        self.subjects = None if subjects is None else pa.array(list(subjects), pa.string())
+        self.where = where
+
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        faces = faces_from_arrow(batch.column(FACE_COLUMN))
-        labels = labels_from_arrow(batch)
+        faces = faces_from_arrow(batch.column(FACE_COLUMN), where=self.where)
+        labels = labels_from_arrow(batch, self.where, self.label_columns)
         # np.frombuffer views are read-only; torch wants writable memory to own.
-        return {"faces": torch.from_numpy(faces.copy()), "labels": torch.from_numpy(labels)}
+        out = {"faces": torch.from_numpy(faces.copy()), "labels": torch.from_numpy(labels)}
+        if self.subjects is not None:
+            codes = pc.index_in(batch.column("subject"), value_set=self.subjects).fill_null(-1)
+            frames = batch.column("frame").to_numpy(zero_copy_only=False).astype(np.int64)
+            out["subjects"] = torch.from_numpy(
+                codes.to_numpy(zero_copy_only=False).astype(np.int64)
+            )
+            out["frames"] = torch.from_numpy(frames)
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,15 +188,16 @@ def device_batches(
     options: BatchOptions,
     device: torch.device | str = "cpu",
     limit: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(faces uint8 (N, 64, 64), labels uint8 (N, 17))`` on ``device``, at most ``limit`` batches."""
+    collate: FaceBatchCollate | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``collate``'s batches (default: faces and the 17 AUs) on ``device``, at most ``limit``."""
     device = torch.device(device)
     shuffle = options.shuffle_buffer if options.shuffle_buffer > 0 else None
     if shuffle is not None:
         shuffle = max(shuffle, options.batch_size)
     batches = shard.iter_torch_batches(
         batch_size=options.batch_size,
-        collate_fn=FaceBatchCollate(),
+        collate_fn=collate or FaceBatchCollate(),
         device=device,
         drop_last=options.drop_last,
         local_shuffle_buffer_size=shuffle,
@@ -180,7 +208,7 @@ def device_batches(
     for count, batch in enumerate(batches):
         if limit is not None and count >= limit:
             break
-        yield batch["faces"], batch["labels"]
+        yield batch
 
 
 def epoch_batches(
@@ -189,7 +217,8 @@ def epoch_batches(
     device: torch.device | str = "cpu",
     limit: int | None = None,
     min_steps: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    collate: FaceBatchCollate | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
     """One epoch of :func:`device_batches`: passes over ``shard`` (each reshuffled) until the
     epoch has at least ``min_steps`` batches, never more than ``limit``.
 
@@ -203,7 +232,7 @@ def epoch_batches(
             return
         seed = None if options.seed is None else options.seed + 7919 * passes
         before = taken
-        for batch in device_batches(shard, replace(options, seed=seed), device, left):
+        for batch in device_batches(shard, replace(options, seed=seed), device, left, collate):
             taken += 1
             yield batch
         passes += 1

@@ -1,22 +1,18 @@
-"""DISFA frames for fine-tuning: Arrow batches with subject codes, a fold's datasets, class weights."""
+"""DISFA frames for fine-tuning: the batches' collate, a fold's datasets, class weights."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import ray.train
-import ray.train.torch
-import torch
-from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipeline.disfa import DisfaFrames, Fold
 from pipeline.vocabulary import DISFA_AUS
-from training.data import FACE_COLUMN, BatchOptions, faces_from_arrow, pixel_mean
+from training.data import FACE_COLUMN, FaceBatchCollate, faces_from_arrow, pixel_mean
 from training.finetune_config import FinetuneConfig
 
 #: The fine-tuning targets, in the order of the new head's 12 logits.
@@ -34,68 +30,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 BLOCK_ROWS = 2048
 
 
-def labels_from_table(table: pa.Table, where: str = "DISFA batch") -> np.ndarray:
-    """The 12 DISFA AU columns -> ``(N, 12)`` uint8; a null or non-0/1 label is an error."""
-    labels = np.empty((table.num_rows, len(LABEL_COLUMNS)), dtype=np.uint8)
-    for k, au in enumerate(LABEL_COLUMNS):
-        column = table.column(au)
-        if column.null_count:
-            row = int(column.is_null().to_numpy(zero_copy_only=False).argmax())
-            raise ValueError(f"{where}: row {row} has no {au} label; expected 0 or 1")
-        values = column.to_numpy(zero_copy_only=False)
-        bad = (values != 0) & (values != 1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise ValueError(f"{where}: row {row} has {au} = {values[row]}; expected 0 or 1")
-        labels[:, k] = values
-    return labels
-
-
-class DisfaBatchCollate(ArrowBatchCollateFn):
-    """Arrow batch -> uint8 faces, uint8 labels, subject codes and frame numbers (CPU tensors).
-
-    Subjects travel as their index in ``subjects`` (strings cannot ride to the device), so every
-    worker can report exactly which subjects' frames it was fed.
-    """
-
-    def __init__(self, subjects: Sequence[str]) -> None:
-        self.subjects = pa.array(list(subjects), pa.string())
-
-    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        faces = faces_from_arrow(batch.column(FACE_COLUMN), where="DISFA batch")
-        codes = pc.index_in(batch.column("subject"), value_set=self.subjects).fill_null(-1)
-        frames = batch.column("frame").to_numpy(zero_copy_only=False).astype(np.int64)
-        return {
-            "faces": torch.from_numpy(faces.copy()),
-            "labels": torch.from_numpy(labels_from_table(batch)),
-            "subjects": torch.from_numpy(codes.to_numpy(zero_copy_only=False).astype(np.int64)),
-            "frames": torch.from_numpy(frames),
-        }
-
-
-def fold_batches(
-    shard: ray.data.DataIterator,
-    options: BatchOptions,
-    subjects: Sequence[str],
-    device: torch.device,
-    limit: int | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """At most ``limit`` collated batches of a worker's shard, on ``device``."""
-    shuffle = max(options.shuffle_buffer, options.batch_size) if options.shuffle_buffer else None
-    batches = shard.iter_torch_batches(
-        batch_size=options.batch_size,
-        collate_fn=DisfaBatchCollate(subjects),
-        device=device,
-        drop_last=options.drop_last,
-        local_shuffle_buffer_size=shuffle,
-        local_shuffle_seed=options.seed if shuffle is not None else None,
-        prefetch_batches=options.prefetch_batches,
-        pin_memory=device.type == "cuda",
-    )
-    for count, batch in enumerate(batches):
-        if limit is not None and count >= limit:
-            break
-        yield batch
+def disfa_collate(subjects: Sequence[str]) -> FaceBatchCollate:
+    """DISFA batches: faces, the 12 AUs, and each row's subject code and frame number."""
+    return FaceBatchCollate(LABEL_COLUMNS, subjects, where="DISFA batch")
 
 
 @dataclass

@@ -28,9 +28,8 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.disfa import DisfaFrames, Fold
 from pipeline.vocabulary import DISFA_AUS
 from training.augment import to_model_input
-from training.data import FACE_COLUMN, faces_from_arrow
+from training.data import FACE_COLUMN, faces_from_arrow, labels_from_arrow
 from training.evaluate import CVMetrics, FoldPredictions, evaluate_folds
-from training.finetune_data import labels_from_table
 from training.model import VGG13
 
 #: Inverse regularisation strength of every per-AU fit (standardised features).
@@ -51,7 +50,7 @@ class FrameSet:
     def from_table(cls, table: pa.Table) -> FrameSet:
         return cls(
             faces=faces_from_arrow(table.column(FACE_COLUMN), where="DISFA frames"),
-            labels=labels_from_table(table),
+            labels=labels_from_arrow(table, "DISFA frames", DISFA_AUS),
             subjects=np.asarray(table.column("subject").to_pylist(), dtype=str),
             frames=table.column("frame").to_numpy(zero_copy_only=False).astype(np.int64),
         )

@@ -17,35 +17,25 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import ray
 import ray.train
 import ray.train.torch
-import torch
-from ray.train.torch import TorchTrainer
-from torch import nn
 
 from pipeline.disfa import DisfaFrames, Fold
-from pipeline.storage import Location, is_s3
+from pipeline.storage import Location
 from training.augment import FaceAugment
-from training.data import BatchOptions, ingest_config
-from training.finetune import scaling_config
+from training.engine import EvalOutput, WorkerEnv, gather_to_rank0
 from training.finetune_config import FinetuneConfig
-from training.finetune_data import LABEL_COLUMNS, FoldData, class_weights, fold_batches
-from training.finetune_worker import (
-    EvalOutput,
-    evaluate_batches,
-    set_fc_dropout,
-    subject_of_code,
-    train_epoch,
-)
-from training.init_weights import InitWeights, initial_model
+from training.finetune_data import LABEL_COLUMNS, FoldData, class_weights
+from training.fold_trainer import FoldTrainer, merge_codes, subject_of_code
+from training.init_weights import InitWeights
 from training.metrics import au_metrics, tune_thresholds
-from training.model import ModelConfig, freeze_classifier, freeze_conv_blocks
-from training.train_loop import Autocast, all_reduce, gather_to_rank0
+from training.model import ModelConfig
+from training.trainer_config import torch_trainer
 from tune.sweep_config import apply_params
 
 #: The metric ASHA and the searcher optimise (mean over folds, validation subjects only).
@@ -98,194 +88,94 @@ class TrialSetup:
     subjects: tuple[str, ...]
 
 
-@dataclass
-class _FoldState:
-    """One fold's model and early-stopping state inside a trial's worker."""
-
-    setup: TrialFold
-    core: nn.Module
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: nn.Module
-    best_score: float = math.inf  # sign * monitor
-    best_epoch: int = 0
-    waiting: int = 0
-    stopped: bool = False
-    best_val: EvalOutput | None = None
-    best_val_loss: float = math.nan
-    seen: dict[str, set[int]] = field(default_factory=lambda: {"train": set(), "val": set()})
-
-
-def _fold_state(setup: TrialSetup, item: TrialFold, device: torch.device) -> _FoldState:
-    config = setup.config
-    # The same seed as `facs finetune` uses for this fold: the final evaluation starts alike.
-    torch.manual_seed(config.seed * 1000 + item.fold.index)
-    core = initial_model(
-        setup.init,
-        setup.scratch_model,
-        len(LABEL_COLUMNS),
-        head_rows_for=LABEL_COLUMNS if config.head_init == "pretrained_rows" else None,
-    )
-    freeze_conv_blocks(core, config.freeze_blocks)
-    freeze_classifier(core, config.freeze_classifier)
-    set_fc_dropout(core, config.dropout)
-    core = core.to(device)
-    if config.channels_last:
-        core = core.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(core)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        weight_decay=config.weight_decay,
-    )
-    weights = (
-        torch.tensor(item.pos_weight, dtype=torch.float32, device=device)
-        if item.pos_weight is not None
-        else None
-    )
-    return _FoldState(item, core, model, optimizer, nn.BCEWithLogitsLoss(pos_weight=weights))
-
-
 def sweep_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker`` for a trial; ``loop_config["setup"]`` a ``TrialSetup``."""
     setup: TrialSetup = loop_config["setup"]
     config = setup.config
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    autocast = Autocast(device, config.bf16)
-    sign = 1.0 if config.lower_is_better else -1.0
-    folds = [_fold_state(setup, item, device) for item in setup.folds]
-    augment = FaceAugment(config.augment).to(device)
-    options = BatchOptions(
-        batch_size=config.batch_size,
-        shuffle_buffer=config.shuffle_buffer,
-        prefetch_batches=config.prefetch_batches,
-        drop_last=True,
-    )
-    eval_options = BatchOptions(
-        batch_size=config.batch_size * 2, prefetch_batches=config.prefetch_batches, drop_last=False
-    )
-    shards = {
-        (split, state.setup.fold.index): ray.train.get_dataset_shard(
-            f"{split}_fold{state.setup.fold.index}"
+    env = WorkerEnv.current(bf16=config.bf16, channels_last=config.channels_last)
+    folds = [
+        FoldTrainer(
+            config,
+            item.fold,
+            (setup.init, setup.scratch_model),
+            (item.pixel_mean, item.pos_weight),
+            setup.subjects,
+            env,
         )
-        for state in folds
+        for item in setup.folds
+    ]
+    best_val: dict[int, EvalOutput] = {}
+    augment = FaceAugment(config.augment).to(env.device)
+    shards = {
+        (split, trainer.fold.index): ray.train.get_dataset_shard(
+            f"{split}_fold{trainer.fold.index}"
+        )
+        for trainer in folds
         for split in TRIAL_SPLITS
     }
     for epoch in range(1, config.max_epochs + 1):
         start = time.perf_counter()
-        torch.manual_seed(config.seed + 1_000_003 * epoch + rank)
+        env.seed_epoch(config.seed, epoch)
         train_loss, train_n = 0.0, 0.0
-        for state in folds:
-            if state.stopped:
+        for trainer in folds:
+            if trainer.stopping.stopped:
                 continue
-            k = state.setup.fold.index
-            stats = train_epoch(
-                state.model,
-                state.optimizer,
-                augment,
-                fold_batches(
-                    shards["train", k],
-                    BatchOptions(**{**asdict(options), "seed": config.seed + epoch * world + rank}),
-                    setup.subjects,
-                    device,
-                    config.batches_per_epoch,
-                ),
-                state.loss_fn,
-                pixel_mean=state.setup.pixel_mean,
-                autocast=autocast,
-                channels_last=config.channels_last,
-                seen=state.seen["train"],
-            )
-            if stats.steps == 0:
-                raise RuntimeError(
-                    f"fold {k}, worker {rank}: no training batch of {config.batch_size} frames "
-                    "in its shard; use a smaller batch size or fewer workers"
-                )
-            val = (
-                evaluate_batches(
-                    state.core,
-                    fold_batches(
-                        shards["val", k], eval_options, setup.subjects, device, config.val_batches
-                    ),
-                    pixel_mean=state.setup.pixel_mean,
-                    autocast=autocast,
-                    channels_last=config.channels_last,
-                )
-                if rank == 0
-                else EvalOutput.empty()
-            )
-            state.seen["val"].update(np.unique(val.subjects).tolist())
-            value = 0.0
-            if rank == 0:
-                if not val.count:
-                    raise RuntimeError(
-                        f"fold {k}: the validation subjects {list(state.setup.fold.val_subjects)} "
-                        "gave no frames"
-                    )
-                figures = {"val_loss": val.loss_sum / val.count}
-                if config.monitor != "val_loss":
-                    au = au_metrics(val.labels, val.probs, LABEL_COLUMNS, config.threshold)
-                    figures.update(au.as_flat_dict("val"))
-                value = float(figures[config.monitor])
-                value = 0.0 if math.isnan(value) else value
-            loss_sum, samples, monitor = all_reduce([stats.loss_sum, stats.samples, value], device)
-            train_loss, train_n = train_loss + loss_sum, train_n + samples
-            if sign * monitor < state.best_score - config.min_delta:
-                state.best_score, state.best_epoch, state.waiting = sign * monitor, epoch, 0
-                state.best_val = val
-                state.best_val_loss = val.loss_sum / max(val.count, 1)
-            else:
-                state.waiting += 1
-            state.stopped = bool(config.patience) and state.waiting >= config.patience
-        _report(setup, folds, epoch, train_loss / max(train_n, 1.0), time.perf_counter() - start)
-        if all(state.stopped for state in folds):
+            k = trainer.fold.index
+            stats = trainer.train_epoch(shards["train", k], augment, epoch)
+            val, metrics, improved = trainer.validate(shards["val", k], stats, epoch)
+            train_loss += metrics["train_loss"] * metrics["train_samples"]
+            train_n += metrics["train_samples"]
+            if improved:
+                best_val[k] = val
+        _report(setup, folds, best_val, epoch, train_loss / max(train_n, 1.0), start)
+        if all(trainer.stopping.stopped for trainer in folds):
             break
 
 
 def _report(
-    setup: TrialSetup, folds: list[_FoldState], epoch: int, train_loss: float, seconds: float
+    setup: TrialSetup,
+    folds: list[FoldTrainer],
+    best_val: dict[int, EvalOutput],
+    epoch: int,
+    train_loss: float,
+    start: float,
 ) -> None:
     """Every worker reports (Ray Train waits for all); Tune takes rank 0's figures."""
-    codes = [
-        {split: sorted(int(c) for c in values) for split, values in state.seen.items()}
-        for state in folds
-    ]
-    gathered: list[list[dict[str, list[int]]]] = gather_to_rank0(codes)  # type: ignore[arg-type]
+    gathered = gather_to_rank0([trainer.seen_codes() for trainer in folds])
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report({"epoch": epoch})
         return
     config = setup.config
-    metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": seconds}
+    metrics: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "epoch_time_s": time.perf_counter() - start,
+    }
     fixed, tuned, losses = [], [], []
-    for i, state in enumerate(folds):
-        k = state.setup.fold.index
-        val = state.best_val
+    for i, trainer in enumerate(folds):
+        k = trainer.fold.index
+        val = best_val.get(k)
+        scored = val is not None and val.count > 0
         f1_fixed = (
             au_metrics(val.labels, val.probs, LABEL_COLUMNS, config.threshold).mean()["f1"]
-            if val is not None and val.count
+            if scored
             else 0.0
         )
         f1_tuned = (
-            crossfit_tuned_f1(val.labels, val.probs, val.subjects, val.frames)
-            if val is not None and val.count
+            crossfit_tuned_f1(val.labels, val.probs, val.columns["subjects"], val.columns["frames"])
+            if scored
             else 0.0
         )
         fixed.append(f1_fixed)
         tuned.append(f1_tuned)
-        losses.append(state.best_val_loss)
-        merged = {
-            split: sorted({c for part in gathered for c in part[i].get(split, [])})
-            for split in ("train", "val")
-        }
+        losses.append(val.mean_loss if scored else math.nan)
+        merged = merge_codes([part[i] for part in gathered])
         metrics.update(
             {
                 f"fold{k}_val_f1_fixed": f1_fixed,
                 f"fold{k}_val_f1_tuned": f1_tuned,
-                f"fold{k}_best_epoch": state.best_epoch,
-                f"fold{k}_stopped": int(state.stopped),
+                f"fold{k}_best_epoch": trainer.stopping.best_epoch,
+                f"fold{k}_stopped": int(trainer.stopping.stopped),
                 f"fold{k}_train_subjects": _names(setup.subjects, merged.get("train", [])),
                 f"fold{k}_val_subjects": _names(setup.subjects, merged.get("val", [])),
             }
@@ -296,7 +186,7 @@ def _report(
     metrics[OBJECTIVE] = metrics[
         "val_f1_tuned" if config.threshold_policy == "tuned" else "val_f1_fixed"
     ]
-    metrics["folds_stopped"] = sum(int(state.stopped) for state in folds)
+    metrics["folds_stopped"] = sum(int(trainer.stopping.stopped) for trainer in folds)
     ray.train.report(metrics)
 
 
@@ -359,23 +249,13 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         folds.append(TrialFold(fold, data.pixel_mean, weights))
     setup = TrialSetup(config, folds, context.init, context.scratch_model, context.subjects)
     trial_id = tune.get_context().get_trial_id()
-    root = Location.of(context.train_storage)
-    storage: dict[str, Any] = (
-        {"storage_path": root.path, "storage_filesystem": root.fs}
-        if is_s3(root.uri)
-        else {"storage_path": root.path}
-    )
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         sweep_worker,
-        train_loop_config={"setup": setup},
-        scaling_config=scaling_config(config),
-        run_config=ray.train.RunConfig(
-            name=f"{trial_id}-{time.time_ns()}",
-            **storage,
-            callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-        ),
-        datasets=datasets,
-        dataset_config=ingest_config([name for name in datasets if name.startswith("train_")]),
+        setup,
+        config,
+        (Location.of(context.train_storage), f"{trial_id}-{time.time_ns()}"),
+        datasets,
+        sharded=[name for name in datasets if name.startswith("train_")],
+        callbacks=[TuneReportCallback()],
     )
     trainer.fit()
