@@ -7,7 +7,8 @@ from mlflow.tracking import MlflowClient
 from training.init_weights import resolve_init
 from training.model import ModelConfig, build_model
 from training.model_aliases import CHAMPION, Evaluation
-from training.tracking import create_run, log_model
+from training.model_logging import log_model
+from training.tracking import create_run
 
 
 def register(uri: str, value: float, key: str = "disfa-abc, 3 folds") -> str:

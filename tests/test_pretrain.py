@@ -31,18 +31,10 @@ from training.data import (
     pixel_mean,
 )
 from training.model import ModelConfig
-from training.pretrain import (
-    FAIL_ENV,
-    FAULT_MARKER,
-    RUN_INFO,
-    CorpusFacts,
-    check_same_corpus,
-    choose_run,
-    run_pretraining,
-    storage_root,
-)
+from training.model_logging import process_uris
+from training.pretrain import FAIL_ENV, FAULT_MARKER, run_pretraining, storage_root
 from training.pretrain_config import PretrainConfig, lr_factor
-from training.tracking import process_uris
+from training.pretrain_inputs import RUN_INFO, CorpusFacts, check_same_corpus, choose_run
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +314,7 @@ def test_an_epoch_repeats_reshuffled_passes_until_its_minimum_steps_within_the_l
 
     def order(**kwargs) -> list[list[int]]:
         batches = epoch_batches(shard, options, **kwargs)
-        return [faces[:, 0, 0].tolist() for faces, _ in batches]
+        return [batch["faces"][:, 0, 0].tolist() for batch in batches]
 
     assert len(order()) == 3  # one pass: 100 rows -> 3 full batches
     nine = order(min_steps=7)  # three passes of 3 batches

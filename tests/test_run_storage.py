@@ -22,10 +22,10 @@ from pipeline.run_storage import (
     current_ray_job,
     output_location,
 )
+from training.model_logging import process_uris
 from training.tracking import (
     REGISTRY_URI_ENV,
     TRACKING_URI_ENV,
-    process_uris,
     resolve_registry_uri,
     resolve_tracking_uri,
 )

@@ -18,6 +18,7 @@ from mlflow_helpers import mlflow_server
 from pipeline.corpus.manifest import load_manifest
 from training.augment import AugmentConfig
 from training.model import ModelConfig
+from training.model_logging import process_uris
 from training.pretrain import run_pretraining
 from training.pretrain_config import REGISTERED_MODEL_NAME, PretrainConfig
 from training.tracking import (
@@ -29,7 +30,6 @@ from training.tracking import (
     log_dataset,
     log_metrics,
     log_params,
-    process_uris,
     resolve_tracking_uri,
 )
 

@@ -38,13 +38,11 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
-from ray.train.torch import TorchTrainer
 
 from pipeline.disfa import DisfaFrames, Fold, make_folds, prepare_disfa
 from pipeline.ray_runtime import ensure_ray
 from pipeline.run_storage import check_defaults_reachable, output_location
-from pipeline.storage import Location, is_s3
-from training.data import ingest_config
+from pipeline.storage import Location
 from training.evaluate import (
     evaluate_folds,
 )
@@ -66,8 +64,8 @@ from training.labeler_eval import evaluate_labeler
 from training.model import ModelConfig
 from training.tracking import (
     RunHandle,
+    closing_runs,
     create_run,
-    end_run,
     git_commit,
     log_metrics,
     log_params,
@@ -76,33 +74,10 @@ from training.tracking import (
     store_path,
     uses_default_store,
 )
+from training.trainer_config import torch_trainer
 
 #: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_STORAGE = "./runs/finetune"
-
-
-def scaling_config(config: FinetuneConfig) -> ray.train.ScalingConfig:
-    resources = {"CPU": config.cpus_per_worker}
-    if config.use_gpu:
-        resources["GPU"] = config.gpus_per_worker
-    return ray.train.ScalingConfig(
-        num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources
-    )
-
-
-def fold_run_config(config: FinetuneConfig, root: Location, name: str) -> ray.train.RunConfig:
-    storage: dict[str, Any] = (
-        {"storage_path": root.path, "storage_filesystem": root.fs}
-        if is_s3(root.uri)
-        else {"storage_path": root.path}
-    )
-    return ray.train.RunConfig(
-        name=name,
-        **storage,
-        failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-        # The latest checkpoint resumes a failed worker group; the final one holds the results.
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-    )
 
 
 def train_fold(
@@ -159,32 +134,30 @@ def train_fold(
         subjects=tuple(subjects),
         mlflow_run=fold_run,
     )
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         finetune_worker,
-        train_loop_config={"setup": setup},
-        scaling_config=scaling_config(config),
-        run_config=fold_run_config(config, root, f"{arm}-fold{fold.index}"),
-        datasets=data.datasets,
+        setup,
+        config,
+        (root, f"{arm}-fold{fold.index}"),
+        data.datasets,
         # Only training is sharded; validation and test are read whole by rank 0.
-        dataset_config=ingest_config(["train"]),
+        sharded=["train"],
+        # The latest checkpoint resumes a failed worker group; the final one holds the results.
+        checkpoints=ray.train.CheckpointConfig(num_to_keep=2),
     )
-    try:
+    with closing_runs(fold_run):
         result = trainer.fit()
         fold_result = read_fold(config, result, arm, data, root, fold_run, start)
-    except BaseException:
-        end_run(fold_run, "FAILED")
-        raise
-    log_metrics(
-        fold_run,
-        {
-            **fold_result_metrics(fold_result, config.threshold),
-            "best_epoch": fold_result.best_epoch,
-            "epochs": fold_result.epochs,
-        },
-        step=fold_result.epochs,
-    )
-    set_tags(fold_run, {"checkpoint": fold_result.checkpoint})
-    end_run(fold_run, "FINISHED")
+        log_metrics(
+            fold_run,
+            {
+                **fold_result_metrics(fold_result, config.threshold),
+                "best_epoch": fold_result.best_epoch,
+                "epochs": fold_result.epochs,
+            },
+            step=fold_result.epochs,
+        )
+        set_tags(fold_run, {"checkpoint": fold_result.checkpoint})
     return fold_result
 
 
@@ -311,7 +284,7 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
         f"DISFA frames ({frames.uri}); MLflow {tracking_uri}",
         flush=True,
     )
-    try:
+    with closing_runs(*every):
         data = {fold.index: fold_data(config, frames, fold) for fold in folds}
         jobs = [(arm, fold) for fold in folds for arm in arms]
         width = len(jobs) if config.concurrent_folds == 0 else config.concurrent_folds
@@ -349,13 +322,6 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
         if labeler is not None:
             for run in every:
                 log_metrics(run, cv_metrics(labeler, "labeler"), step=0)
-        result = report_and_register(
+        return report_and_register(
             config, name, root, tracking_uri, frames, arm_results, parents, compare_run, labeler
         )
-    except BaseException:
-        for run in every:
-            end_run(run, "FAILED")
-        raise
-    for run in every:
-        end_run(run, "FINISHED")
-    return result

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.disfa import DisfaConfig
-from training.augment_config import AugmentConfig
-from training.model_config import ModelConfig
+from training.job_config import TrainingJobConfig, at_least, raise_failed
 
 #: The name the fine-tuned DISFA model is registered under in the MLflow model registry.
 REGISTERED_MODEL_NAME = "facs-vgg13-disfa"
@@ -16,8 +15,21 @@ MONITORS: dict[str, bool] = {"val_loss": True, "val_f1_mean": False, "val_pr_auc
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainingJobConfig):
     """Everything a cross-validated fine-tuning run needs (one Ray Train trainer per fold)."""
+
+    cache_data: bool = field(
+        default=True,
+        metadata={
+            "help": "read each fold once in the driver into Ray's object store (else stream it "
+            "from the cache every epoch)"
+        },
+    )
+    experiment: str = field(default="facs-finetune", metadata={"help": "MLflow experiment"})
+    register_as: str = field(
+        default=REGISTERED_MODEL_NAME,
+        metadata={"help": "registered model name of the final model ('' = do not register)"},
+    )
 
     disfa: DisfaConfig = field(default_factory=DisfaConfig)
     pretrained: str = field(
@@ -83,8 +95,6 @@ class FinetuneConfig:
         },
     )
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
     freeze_blocks: int = field(
         default=0, metadata={"help": "freeze the first k conv blocks (0-4) of the network"}
     )
@@ -113,51 +123,9 @@ class FinetuneConfig:
         default=5.0, metadata={"help": "upper bound on an AU's positive weight"}
     )
 
-    workers: int = field(default=1, metadata={"help": "data-parallel workers per fold (DDP)"})
-    gpus_per_worker: float = field(
-        default=0.0, metadata={"help": "GPUs per worker; 0 trains on CPU"}
-    )
-    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per worker"})
-    batch_size: int = field(default=32, metadata={"help": "samples per step on each worker"})
-    lr: float = field(
-        default=1e-3,
-        metadata={"help": "Adam learning rate (the paper: 1e-4; see README: departures)"},
-    )
-    beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
-    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
-    max_epochs: int = field(default=100, metadata={"help": "upper bound on epochs per fold"})
-    patience: int = field(
-        default=10,
-        metadata={"help": "stop a fold after this many epochs without a better monitor value"},
-    )
     monitor: Literal["val_loss", "val_f1_mean", "val_pr_auc_mean"] = field(
         default="val_f1_mean",
         metadata={"help": "validation figure for early stopping and the kept (best) weights"},
-    )
-    min_delta: float = field(
-        default=0.0, metadata={"help": "the monitor must improve by more than this"}
-    )
-    batches_per_epoch: int | None = field(
-        default=None, metadata={"help": "cap on training steps per epoch (tests, benchmarks)"}
-    )
-    val_batches: int | None = field(
-        default=None, metadata={"help": "cap on validation batches per worker per epoch"}
-    )
-    shuffle_buffer: int = field(
-        default=4096, metadata={"help": "rows in each worker's local shuffle buffer (0 = off)"}
-    )
-    cache_data: bool = field(
-        default=True,
-        metadata={
-            "help": "read each fold once in the driver into Ray's object store (else stream it "
-            "from the cache every epoch)"
-        },
-    )
-    prefetch_batches: int = field(default=4, metadata={"help": "batches prepared ahead"})
-    pixel_mean: float | None = field(
-        default=None,
-        metadata={"help": "mean pixel in [0, 1]; none = the mean of each fold's training frames"},
     )
     threshold: float = field(
         default=0.5, metadata={"help": "probability at which an AU counts as present (F1)"}
@@ -170,27 +138,7 @@ class FinetuneConfig:
             "this names the headline one"
         },
     )
-    seed: int = field(default=0, metadata={"help": "seed for the head, shuffling, augmentation"})
 
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
-    channels_last: bool = field(
-        default=True,
-        metadata={"help": "channels_last memory format (CPU and GPU; 1.5x faster steps on CPU)"},
-    )
-
-    storage_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "where fold checkpoints and the report go (local or s3://); none = "
-            "$FACS_STORAGE_ROOT/finetune, else ./runs/finetune (refused in a Ray job)"
-        },
-    )
-    run_name: str | None = field(
-        default=None, metadata={"help": "the run's folder name; none = finetune-<UTC timestamp>"}
-    )
-    max_failures: int = field(
-        default=1, metadata={"help": "worker failures a fold recovers from (last checkpoint)"}
-    )
     final_model: Literal["best_fold", "none"] = field(
         default="best_fold",
         metadata={
@@ -199,42 +147,21 @@ class FinetuneConfig:
     )
     plots: bool = field(default=True, metadata={"help": "write per-AU PR and ROC curve PNGs"})
 
-    mlflow_uri: str | None = field(
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI; none = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
-        },
-    )
-    experiment: str = field(default="facs-finetune", metadata={"help": "MLflow experiment"})
-    register_as: str = field(
-        default=REGISTERED_MODEL_NAME,
-        metadata={"help": "registered model name of the final model ('' = do not register)"},
-    )
-    log_every: int = field(default=0, metadata={"help": "print progress every N steps (0 = off)"})
-
     def __post_init__(self) -> None:
-        checks = [
-            (self.folds >= 2, f"folds >= 2, got {self.folds}"),
+        checks = self.job_checks() + [
+            at_least("folds", self.folds, 2),
             (
                 self.head_init in ("fresh", "pretrained_rows"),
                 f"head_init fresh or pretrained_rows, got {self.head_init!r}",
             ),
-            (self.val_subjects >= 1, f"val_subjects >= 1, got {self.val_subjects}"),
+            at_least("val_subjects", self.val_subjects, 1),
             (
                 all(1 <= k <= self.folds for k in self.only_folds),
                 f"only_folds within 1..{self.folds}, got {self.only_folds}",
             ),
-            (self.concurrent_folds >= 0, f"concurrent_folds >= 0, got {self.concurrent_folds}"),
+            at_least("concurrent_folds", self.concurrent_folds, 0),
             (0 <= self.freeze_blocks <= 4, f"freeze_blocks in 0..4, got {self.freeze_blocks}"),
-            (self.max_pos_weight >= 1, f"max_pos_weight >= 1, got {self.max_pos_weight}"),
-            (self.workers >= 1, f"workers >= 1, got {self.workers}"),
-            (self.gpus_per_worker >= 0, f"gpus_per_worker >= 0, got {self.gpus_per_worker}"),
-            (self.cpus_per_worker > 0, f"cpus_per_worker > 0, got {self.cpus_per_worker}"),
-            (self.batch_size >= 1, f"batch_size >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr > 0, got {self.lr}"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 in [0, 1)"),
-            (self.max_epochs >= 1, f"max_epochs >= 1, got {self.max_epochs}"),
-            (self.patience >= 0, f"patience >= 0, got {self.patience}"),
+            at_least("max_pos_weight", self.max_pos_weight, 1),
             (self.monitor in MONITORS, f"monitor one of {sorted(MONITORS)}, got {self.monitor}"),
             (0 < self.threshold < 1, f"threshold in (0, 1), got {self.threshold}"),
             (
@@ -245,26 +172,8 @@ class FinetuneConfig:
                 self.dropout is None or 0.0 <= self.dropout < 1.0,
                 f"dropout in [0, 1), got {self.dropout}",
             ),
-            (
-                self.pixel_mean is None or 0.0 <= self.pixel_mean <= 1.0,
-                f"pixel_mean in [0, 1], got {self.pixel_mean}",
-            ),
-            (
-                self.batches_per_epoch is None or self.batches_per_epoch >= 1,
-                f"batches_per_epoch >= 1, got {self.batches_per_epoch}",
-            ),
-            (
-                self.val_batches is None or self.val_batches >= 1,
-                f"val_batches >= 1, got {self.val_batches}",
-            ),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"FinetuneConfig: expected {expected}")
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
+        raise_failed(checks, "FinetuneConfig")
 
     @property
     def lower_is_better(self) -> bool:

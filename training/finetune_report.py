@@ -26,11 +26,11 @@ from training.finetune_data import LABEL_COLUMNS
 from training.finetune_results import ArmResult, CVResult, choose_final
 from training.metrics import METRIC_NAMES
 from training.model_aliases import Evaluation
+from training.model_logging import log_model
 from training.tracking import (
     DatasetRef,
     RunHandle,
     log_dataset,
-    log_model,
 )
 
 #: Table III row names of the arms.

@@ -5,7 +5,7 @@ labeler. A source is one of:
 
 - ``scratch``: no weights (random initialisation, the fine-tuning baseline);
 - ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) and ``runs:/<run id>/<path>``: a
-  model logged by ``training.tracking.log_model``, read through the given tracking URI;
+  model logged by ``training.model_logging.log_model``, read through the given tracking URI;
 - anything else: a checkpoint folder written by ``training.checkpoints.save_checkpoint`` (local
   path or ``s3://`` URI), as pre-training and fine-tuning leave them.
 """
@@ -141,7 +141,8 @@ def infer_model_config(
 def _from_mlflow(source: str, tracking_uri: str | None) -> InitWeights:
     import mlflow
 
-    from training.tracking import process_uris, resolve_tracking_uri
+    from training.model_logging import process_uris
+    from training.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     try:

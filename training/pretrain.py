@@ -21,28 +21,33 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
 
-from pipeline.corpus.manifest import CorpusError, load_manifest
 from pipeline.corpus.read import labelled_counts
 from pipeline.ray_runtime import ensure_ray
 from pipeline.run_storage import check_defaults_reachable, output_location
-from pipeline.schema import UNLABELLED
-from pipeline.storage import Location, is_s3
+from pipeline.storage import Location
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
-from training.data import cached_if_fits, corpus_splits, ingest_config, pixel_mean
+from training.data import cached_if_fits, corpus_splits, pixel_mean
 from training.flops import count_parameters, flops_per_sample
 from training.model import build_model
 from training.model_aliases import Evaluation
+from training.model_logging import log_model
 from training.pretrain_config import PretrainConfig
+from training.pretrain_inputs import (
+    RUN_INFO,
+    CorpusFacts,
+    check_labelled,
+    check_same_corpus,
+    choose_run,
+    corpus_facts,
+)
 from training.tracking import (
     DatasetRef,
     RunHandle,
+    closing_runs,
     create_run,
-    end_run,
     git_commit,
     log_dataset,
-    log_model,
     log_params,
     reopen_run,
     resolve_tracking_uri,
@@ -50,8 +55,8 @@ from training.tracking import (
     uses_default_store,
 )
 from training.train_loop import WorkerSetup, train_worker
+from training.trainer_config import torch_trainer
 
-RUN_INFO = "facs_run.json"
 FAULT_MARKER = "fault-injected"
 #: Test-only fault injection, kept out of the config (and so out of the runs' params): worker
 #: FACS_PRETRAIN_FAIL_RANK (default 1) exits mid-way through epoch FACS_PRETRAIN_FAIL_AT_EPOCH,
@@ -85,52 +90,6 @@ class PretrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's, as reported
 
 
-@dataclass
-class CorpusFacts:
-    uri: str
-    version: int
-    subset: str | None
-    manifest_hash: str
-
-
-def corpus_facts(config: PretrainConfig) -> CorpusFacts:
-    if not config.corpus:
-        raise ValueError("PretrainConfig.corpus: expected a corpus URI (--corpus), got none")
-    manifest = load_manifest(config.corpus)
-    version = manifest.latest if config.version is None else config.version
-    if config.subset is not None:
-        if config.subset not in manifest.subsets:
-            known = ", ".join(sorted(manifest.subsets)) or "none"
-            raise CorpusError(
-                f"no subset named {config.subset!r} in {config.corpus} (known: {known})"
-            )
-        version = manifest.subsets[config.subset].version
-    return CorpusFacts(config.corpus, version, config.subset, manifest.content_hash(version))
-
-
-def check_labelled(facts: CorpusFacts) -> None:
-    """Refuse a corpus (version, subset) with no labelled training row, saying how to label."""
-    counts = labelled_counts(facts.uri, facts.version, facts.subset)
-    where = f"corpus {facts.uri} version {facts.version}" + (
-        f" subset {facts.subset}" if facts.subset else ""
-    )
-    rows = sum(c["rows"] for c in counts.values())
-    if not any(c["labelled"] for c in counts.values()):
-        raise CorpusError(
-            f"{where}: no row is labelled ({rows} rows, all stored without AU labels, "
-            f"label_source '{UNLABELLED}'); pre-training needs AU labels. Label faces as a corpus "
-            "version is built or added: from label files (--labels-release-csv, "
-            "--labels-openface-images, --labels-openface-sequence) or with a trained model "
-            "(--label-model models:/facs-vgg13-pretrained/N, runs:/... or a checkpoint); "
-            "see `facs corpus build --help`"
-        )
-    if not counts["train"]["labelled"]:
-        raise CorpusError(
-            f"{where}: none of its {counts['val']['labelled']} labelled rows is in the train "
-            "split (the split is 95/5 by identity: add more people)"
-        )
-
-
 def storage_uri(config: PretrainConfig) -> str:
     """``--storage-path``, or the default run storage (see ``pipeline.run_storage``)."""
     return output_location(config.storage_path, "pretrain", "--storage-path", DEFAULT_STORAGE)
@@ -158,64 +117,6 @@ def check_pretraining(config: PretrainConfig) -> CorpusFacts:
     resolve_tracking_uri(config.mlflow_uri)
     check_labelled(facts)
     return facts
-
-
-def read_run_info(run_dir: Location) -> dict[str, Any] | None:
-    info = run_dir.join(RUN_INFO)
-    if not info.exists():
-        return None
-    try:
-        return json.loads(info.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{info.uri}: not valid JSON ({error}); expected a facs run record"
-        ) from error
-
-
-def newest_run(root: Location) -> str | None:
-    """The name of the most recently created run directly under ``root`` (by its record)."""
-    import pyarrow.fs as pafs
-
-    selector = pafs.FileSelector(root.path, recursive=False, allow_not_found=True)
-    runs = []
-    for info in root.fs.get_file_info(selector):
-        if info.type == pafs.FileType.Directory:
-            record = read_run_info(root.join(info.base_name))
-            if record is not None:
-                runs.append((record.get("created", ""), info.base_name))
-    return max(runs)[1] if runs else None
-
-
-def choose_run(config: PretrainConfig, root: Location) -> tuple[str, dict[str, Any] | None]:
-    """``(run name, existing run record or None)``, refusing to start over an existing run."""
-    if config.resume:
-        name = config.run_name or newest_run(root)
-        if name is None:
-            raise ValueError(f"--resume: no run to resume under {root.uri}")
-        record = read_run_info(root.join(name))
-        if record is None:
-            raise ValueError(
-                f"--resume: {root.join(name).uri} has no {RUN_INFO}; nothing to resume"
-            )
-        return name, record
-    name = config.run_name or "pretrain-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    if read_run_info(root.join(name)) is not None:
-        raise ValueError(
-            f"run {name!r} already exists at {root.join(name).uri}: pass --resume to continue it "
-            "or choose another --run-name"
-        )
-    return name, None
-
-
-def check_same_corpus(record: dict[str, Any], facts: CorpusFacts, where: str) -> None:
-    saved = record.get("corpus", {})
-    now = asdict(facts)
-    different = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
-    if different:
-        raise ValueError(
-            f"{where}: --resume with another corpus than the run was started with "
-            f"(field: (then, now)): {different}"
-        )
 
 
 def run_params(config: PretrainConfig, facts: CorpusFacts, mean: float) -> dict[str, Any]:
@@ -265,33 +166,6 @@ def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: 
         },
     )
     return run
-
-
-def scaling_config(config: PretrainConfig) -> ray.train.ScalingConfig:
-    resources = {"CPU": config.cpus_per_worker}
-    if config.use_gpu:
-        resources["GPU"] = config.gpus_per_worker
-    return ray.train.ScalingConfig(
-        num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources
-    )
-
-
-def run_config(config: PretrainConfig, root: Location, name: str) -> ray.train.RunConfig:
-    storage: dict[str, Any] = (
-        {"storage_path": root.path, "storage_filesystem": root.fs}
-        if is_s3(root.uri)
-        else {"storage_path": root.path}
-    )
-    return ray.train.RunConfig(
-        name=name,
-        **storage,
-        failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=config.keep_checkpoints,
-            checkpoint_score_attribute="val_loss",
-            checkpoint_score_order="min",
-        ),
-    )
 
 
 def run_pretraining(config: PretrainConfig) -> PretrainResult:
@@ -358,23 +232,21 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
         fail_rank=fail_rank,
         fault_marker=run_dir.join(FAULT_MARKER).uri if fail_at_epoch else "",
     )
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_worker,
-        train_loop_config={"setup": setup},
-        scaling_config=scaling_config(config),
-        run_config=run_config(config, root, name),
-        datasets=datasets,
-        dataset_config=ingest_config(),
+        setup,
+        config,
+        (root, name),
+        datasets,
+        checkpoints=ray.train.CheckpointConfig(
+            num_to_keep=config.keep_checkpoints,
+            checkpoint_score_attribute="val_loss",
+            checkpoint_score_order="min",
+        ),
     )
-    try:
+    with closing_runs(mlflow_run):
         result = trainer.fit()
-    except KeyboardInterrupt:
-        end_run(mlflow_run, "KILLED")
-        raise
-    except Exception:
-        end_run(mlflow_run, "FAILED")
-        raise
-    return finish(config, result, mlflow_run, name, run_dir, root, facts, mean)
+        return finish(config, result, mlflow_run, name, run_dir, root, facts, mean)
 
 
 def checkpoint_uri(root: Location, checkpoint: ray.train.Checkpoint) -> str:
@@ -438,7 +310,6 @@ def finish(
         scored_on=corpus_dataset(facts),
         scores_step=epochs,
     )
-    end_run(mlflow_run, "FINISHED")
     best_val_loss = best_state.best_score
     print(
         f"[facs] run {name} done: {epochs} epochs, best val loss {best_val_loss:.4f} at epoch "

@@ -1,0 +1,147 @@
+"""The settings every training job shares: network, resources, optimizer, stopping, data
+options, storage and tracking. ``PretrainConfig`` and ``FinetuneConfig`` extend it (flat fields:
+the flags and YAML keys are the same as each job's own), overriding a default where the job's
+differs (epochs, patience, caching, failures, the MLflow names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.augment_config import AugmentConfig
+from training.model_config import ModelConfig
+
+#: ``(holds, what was expected)`` pairs a config's ``__post_init__`` checks.
+Checks = list[tuple[bool, str]]
+
+
+def raise_failed(checks: Checks, owner: str) -> None:
+    """Raise ``ValueError`` naming the first check that does not hold."""
+    for ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{owner}: expected {expected}")
+
+
+def at_least(
+    name: str, value: float | None, low: float, optional: bool = False
+) -> tuple[bool, str]:
+    """``value >= low`` (or ``None`` when ``optional``), as a check."""
+    ok = (optional and value is None) or (value is not None and value >= low)
+    return ok, f"{name} >= {low}, got {value}"
+
+
+@dataclass
+class TrainingJobConfig:
+    """What pre-training and fine-tuning configure alike."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    workers: int = field(default=1, metadata={"help": "data-parallel training workers (DDP)"})
+    gpus_per_worker: float = field(
+        default=0.0, metadata={"help": "GPUs per worker; 0 trains on CPU (gloo), >0 on GPU (NCCL)"}
+    )
+    cpus_per_worker: float = field(
+        default=1.0,
+        metadata={"help": "CPUs reserved per worker (leave some free for Ray Data's read tasks)"},
+    )
+    batch_size: int = field(default=32, metadata={"help": "samples per step on each worker"})
+
+    lr: float = field(
+        default=0.001,
+        metadata={
+            "help": "Adam learning rate (the paper's is higher and does not learn at these "
+            "sizes; see README: departures)"
+        },
+    )
+    beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (momentum)"})
+    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
+    max_epochs: int = field(default=100, metadata={"help": "upper bound on epochs"})
+    patience: int = field(
+        default=10,
+        metadata={"help": "stop after this many epochs without a better monitor (0 = never)"},
+    )
+    min_delta: float = field(
+        default=0.0, metadata={"help": "the monitor must improve by more than this to count"}
+    )
+    batches_per_epoch: int | None = field(
+        default=None, metadata={"help": "cap on training steps per epoch (tests, benchmarks)"}
+    )
+    val_batches: int | None = field(
+        default=None, metadata={"help": "cap on validation batches per worker per epoch"}
+    )
+    shuffle_buffer: int = field(
+        default=4096, metadata={"help": "rows in each worker's local shuffle buffer (0 = off)"}
+    )
+    cache_data: bool = field(
+        default=False, metadata={"help": "read the data once into Ray's object store"}
+    )
+    prefetch_batches: int = field(
+        default=4, metadata={"help": "batches each worker prepares ahead of the step"}
+    )
+    pixel_mean: float | None = field(
+        default=None,
+        metadata={"help": "mean pixel in [0, 1] to subtract; none = that of the training data"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed for weights, shuffling, augmentation"})
+
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
+    channels_last: bool = field(
+        default=True,
+        metadata={"help": "channels_last memory format (CPU and GPU; 1.5x faster steps on CPU)"},
+    )
+
+    storage_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "where runs and checkpoints go: local folder (shared) or s3:// URI; none = "
+            "$FACS_STORAGE_ROOT/<job>, else ./runs/<job> (refused in a Ray job, whose working "
+            "dir is temporary)"
+        },
+    )
+    run_name: str | None = field(
+        default=None, metadata={"help": "name of the run's folder; none = <job>-<UTC timestamp>"}
+    )
+    max_failures: int = field(
+        default=1,
+        metadata={"help": "worker failures to recover from (from the last checkpoint); -1 = any"},
+    )
+    mlflow_uri: str | None = field(
+        default=None,
+        metadata={
+            "help": "MLflow tracking URI, e.g. http://host:5000; none = $MLFLOW_TRACKING_URI, "
+            "else sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts"
+        },
+    )
+    experiment: str = field(default="facs", metadata={"help": "MLflow experiment name"})
+    register_as: str = field(
+        default="",
+        metadata={"help": "registered model name of the final model ('' = do not register)"},
+    )
+    log_every: int = field(
+        default=0, metadata={"help": "print progress every N steps within an epoch (0 = off)"}
+    )
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    def job_checks(self) -> Checks:
+        """The checks of the shared fields (each job adds its own)."""
+        return [
+            at_least("workers", self.workers, 1),
+            at_least("gpus_per_worker", self.gpus_per_worker, 0),
+            (self.cpus_per_worker > 0, f"cpus_per_worker > 0, got {self.cpus_per_worker}"),
+            at_least("batch_size", self.batch_size, 1),
+            (self.lr > 0, f"lr > 0, got {self.lr}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 in [0, 1)"),
+            at_least("max_epochs", self.max_epochs, 1),
+            at_least("patience", self.patience, 0),
+            at_least("shuffle_buffer", self.shuffle_buffer, 0),
+            (
+                self.pixel_mean is None or 0.0 <= self.pixel_mean <= 1.0,
+                f"pixel_mean in [0, 1] (pixels scaled to [0, 1]), got {self.pixel_mean}",
+            ),
+            at_least("batches_per_epoch", self.batches_per_epoch, 1, optional=True),
+            at_least("val_batches", self.val_batches, 1, optional=True),
+        ]
