@@ -32,8 +32,9 @@ from pipeline.ray_runtime import ensure_ray  # noqa: E402
 from pipeline.synth.disfa_world import generate_disfa  # noqa: E402
 from training.finetune_config import FinetuneConfig  # noqa: E402
 from training.model import ModelConfig  # noqa: E402
-from tune.sweep import result_json, run_sweep  # noqa: E402
+from tune.sweep import run_sweep  # noqa: E402
 from tune.sweep_config import SearchSpace, SweepConfig  # noqa: E402
+from tune.sweep_result import result_json  # noqa: E402
 
 
 def main() -> int:

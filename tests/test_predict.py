@@ -22,8 +22,9 @@ from training.checkpoints import TrainingState, save_checkpoint
 from training.init_weights import InitError, resolve_init
 from training.model import ModelConfig, build_model
 from training.model_labeler import ModelLabeler
-from training.predict import plan_inputs, run_predict
+from training.predict import run_predict
 from training.predict_config import PredictConfig
+from training.predict_plan import plan_inputs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 #: Smaller than single_face.mp4's 72 frames, so its frames come from several Ray tasks.

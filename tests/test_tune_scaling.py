@@ -26,8 +26,9 @@ from training.init_weights import resolve_init, trained_model
 from training.linear_probe import probe_cross_validation
 from training.model import ModelConfig
 from training.pretrain_config import PretrainConfig
-from tune.scaling import plan_points, run_scaling
+from tune.scaling import run_scaling
 from tune.scaling_config import ScalingStudyConfig
+from tune.scaling_plan import plan_points
 
 PNG = b"\x89PNG\r\n\x1a\n"
 IMAGES, PEOPLE = 64, 8

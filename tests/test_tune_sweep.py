@@ -24,8 +24,9 @@ from training.augment import AugmentConfig
 from training.checkpoints import TrainingState, save_checkpoint
 from training.finetune_config import FinetuneConfig
 from training.model import ModelConfig, build_model
-from tune.sweep import BEST_CONFIG_FILE, run_sweep
+from tune.sweep import run_sweep
 from tune.sweep_config import UNCAPPED_POS_WEIGHT, SearchSpace, SweepConfig, apply_params
+from tune.sweep_final import BEST_CONFIG_FILE
 from tune.sweep_trial import crossfit_tuned_f1
 
 WIDTH = 0.125

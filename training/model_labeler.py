@@ -11,7 +11,7 @@ from pipeline.labels import NO_LABEL, LabelBatch, Labeler
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 from training.init_weights import InitWeights, trained_model
 from training.model import VGG13
-from training.predict import load_predictor_weights, predict_probabilities
+from training.predict_model import load_predictor_weights, predict_probabilities
 
 
 class ModelLabeler(Labeler):

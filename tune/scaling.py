@@ -18,47 +18,31 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, save_manifest
-from pipeline.corpus.read import METADATA_COLUMNS, read_metadata_table
-from pipeline.corpus.subset import BALANCED_GENDERS, SubsetConfig, choose_rows
+from pipeline.corpus.manifest import load_manifest
 from pipeline.disfa import prepare_disfa
 from pipeline.ray_runtime import ensure_ray
 from pipeline.run_storage import check_defaults_reachable, check_kept, output_location
 from pipeline.storage import Location
-from pipeline.vocabulary import PAPER_COMPARISON_AUS
-from training.evaluate import CVMetrics
-from training.finetune import prepared_folds, run_cross_validation
-from training.finetune_config import FinetuneConfig
-from training.init_weights import resolve_init, trained_model
-from training.linear_probe import probe_cross_validation
-from training.metrics import METRIC_NAMES
-from training.pretrain import PretrainResult, run_pretraining
-from training.pretrain_config import PretrainConfig
 from training.tracking import (
     RunHandle,
+    closing_runs,
     create_run,
-    end_run,
     git_commit,
     log_metrics,
     log_params,
     resolve_tracking_uri,
-    set_tags,
     store_path,
     uses_default_store,
 )
-from tune.scaling_config import ALL, ScalingStudyConfig
+from tune.scaling_config import ScalingStudyConfig
+from tune.scaling_plan import PlannedPoint, plan_points, write_subsets
+from tune.scaling_point import PointResult, run_point, shared_finetune, shared_pretrain
 from tune.scaling_report import write_scaling_report
 
 log = logging.getLogger(__name__)
@@ -66,52 +50,6 @@ log = logging.getLogger(__name__)
 AXES: tuple[str, ...] = ("images", "identities")
 #: Where experiments go without --output outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_OUTPUT = "./runs/scaling"
-#: The key of the point that trains on the whole version (shared by both tables).
-WHOLE = ALL
-
-
-@dataclass(frozen=True)
-class PlannedPoint:
-    """One point of the curves: which rows it pre-trains on, before anything runs."""
-
-    key: str  # "images-1000", "identities-12" or "all"
-    axes: tuple[str, ...]  # the tables/figures it belongs to
-    subset: str | None  # corpus subset name; None = the whole version
-    images: int  # training images (split == train) the pre-training sees
-    people: int  # distinct people among them
-    val_images: int  # validation rows (the version's whole val split, at every point)
-    chosen: pa.Table | None = field(default=None, repr=False, compare=False)  # subset rows
-
-
-@dataclass
-class PointResult:
-    """One trained and evaluated point: its data, its runs, its DISFA figures (test folds pooled)."""
-
-    key: str
-    axes: list[str]
-    subset: str | None
-    images: int
-    people: int
-    val_images: int
-    mlflow_run_id: str  # the point's child run under the experiment's parent run
-    pretrain_run_id: str
-    finetune_run_id: str  # the fine-tuning's parent run (pre-trained arm)
-    pretrain_checkpoint: str
-    pretrain_epochs: int
-    pretrain_best_val_loss: float
-    finetune_report: str
-    #: ``{"f1": {"mean": ..., "mean_paper8": ...}, "pr_auc": ..., "roc_auc": ...}``
-    means: dict[str, dict[str, float]]
-    #: per-AU pooled test figures: ``{"AU01": {"f1": ..., "pr_auc": ..., "roc_auc": ...}, ...}``
-    per_au: dict[str, dict[str, float]]
-    seconds: float
-
-    def mean(self, metric: str, paper8: bool = True) -> float:
-        return self.means[metric]["mean_paper8" if paper8 else "mean"]
-
-    def x(self, axis: str) -> int:
-        """The point's position on an axis: training images or people."""
-        return self.images if axis == "images" else self.people
 
 
 @dataclass
@@ -130,274 +68,6 @@ class ScalingResult:
     def axis(self, axis: str) -> list[PointResult]:
         """The points of one table/figure, smallest first."""
         return sorted((p for p in self.points if axis in p.axes), key=lambda p: p.x(axis))
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning: sizes -> subsets, checked before anything trains
-
-
-def labelled_rows(corpus: str, version: int) -> pa.Table:
-    """The version's rows that pre-training reads (labelled ones), without pixels."""
-    table = read_metadata_table(corpus, version, columns=[*METADATA_COLUMNS, "label_source"])
-    return table.filter(pc.not_equal(table["label_source"], "none"))
-
-
-def largest_balanced(train: pa.Table, axis: str) -> int:
-    """The biggest gender-balanced size the training rows allow (twice the rarer gender)."""
-    gender = np.asarray(train.column("gender").to_pylist(), dtype=object)
-    if axis == "images":
-        counts = [int(np.sum(gender == g)) for g in BALANCED_GENDERS]
-    else:
-        identity = np.asarray(train.column("identity").to_pylist(), dtype=object)
-        counts = [len(set(identity[gender == g])) for g in BALANCED_GENDERS]
-    return 2 * min(counts)
-
-
-def subset_name(axis: str, size: int, config: ScalingStudyConfig, version: int) -> str:
-    budget = (
-        f"-images-{config.identity_images}"
-        if axis == "identities" and config.identity_images
-        else ""
-    )
-    return f"scaling-{axis}-{size}{budget}-{config.balance}-seed{config.subset_seed}-v{version}"
-
-
-def plan_points(config: ScalingStudyConfig, version: int) -> list[PlannedPoint]:
-    """Every point the experiment trains, with its rows chosen; raises ``CorpusError`` naming the
-    size when the corpus cannot give it (before any training or subset is written)."""
-    rows = labelled_rows(config.corpus, version)
-    train = rows.filter(pc.equal(rows["split"], "train"))
-    val_images = rows.num_rows - train.num_rows
-    where = f"corpus {config.corpus} version {version}"
-    if train.num_rows == 0 or val_images == 0:
-        raise CorpusError(
-            f"{where}: expected labelled rows in both splits, got {train.num_rows} train and "
-            f"{val_images} val"
-        )
-    all_people = len(set(train.column("identity").to_pylist()))
-    points: dict[str, PlannedPoint] = {}
-    for axis, sizes in (("images", config.image_sizes()), ("identities", config.identity_sizes())):
-        for size in sizes:
-            if size is None:
-                old = points.get(WHOLE)
-                axes = (*old.axes, axis) if old else (axis,)
-                points[WHOLE] = PlannedPoint(
-                    WHOLE, axes, None, train.num_rows, all_people, val_images
-                )
-                continue
-            limit = largest_balanced(train, axis)
-            if size > limit:
-                raise CorpusError(
-                    f"scaling: --{axis} {size} is more than {where} can give: at most {limit} "
-                    f"{axis} balanced by gender among its {train.num_rows} labelled training "
-                    f"images of {all_people} people (use '{ALL}' for the whole corpus; sizes are "
-                    "not clamped)"
-                )
-            sizes = {axis: size}
-            if axis == "identities" and config.identity_images:
-                sizes["images"] = config.identity_images  # N people share a fixed budget
-            spec = SubsetConfig(
-                corpus=config.corpus,
-                version=version,
-                balance=config.balance,
-                seed=config.subset_seed,
-                **sizes,
-            )
-            try:
-                picked = train.take(pa.array(choose_rows(train, spec), type=pa.int64()))
-            except CorpusError as error:
-                raise CorpusError(f"scaling: --{axis} {size} on {where}: {error}") from error
-            people = len(set(picked.column("identity").to_pylist()))
-            points[f"{axis}-{size}"] = PlannedPoint(
-                key=f"{axis}-{size}",
-                axes=(axis,),
-                subset=subset_name(axis, size, config, version),
-                images=picked.num_rows,
-                people=people,
-                val_images=val_images,
-                chosen=picked,
-            )
-    val = rows.filter(pc.equal(rows["split"], "val"))
-    return [
-        replace(p, chosen=pa.concat_tables([p.chosen, val])) if p.chosen is not None else p
-        for p in points.values()
-    ]
-
-
-def write_subsets(config: ScalingStudyConfig, version: int, points: list[PlannedPoint]) -> None:
-    """Save each point's rows (its training rows + the whole val split) as a named corpus subset."""
-    root = Location.of(config.corpus)
-    manifest = load_manifest(config.corpus)
-    for point in points:
-        if point.subset is None or point.chosen is None:
-            continue
-        relative = f"subsets/{point.subset}.parquet"
-        target = root.join(relative)
-        target.fs.create_dir(root.join("subsets").path, recursive=True)
-        rows = point.chosen.select(["content_hash", "identity", "split"])
-        pq.write_table(rows, target.path, filesystem=target.fs)
-        axis = point.axes[0]
-        manifest.subsets[point.subset] = SubsetEntry(
-            name=point.subset,
-            version=version,
-            file=relative,
-            images=rows.num_rows,
-            identities=len(set(rows.column("identity").to_pylist())),
-            spec={
-                axis: int(point.key.split("-")[1]),
-                **(
-                    {"images": config.identity_images}
-                    if axis == "identities" and config.identity_images
-                    else {}
-                ),
-                "balance": config.balance,
-                "seed": config.subset_seed,
-                "split": "balanced train rows + the version's whole val split",
-                "train_images": point.images,
-                "train_identities": point.people,
-                "val_images": point.val_images,
-            },
-        )
-    save_manifest(config.corpus, manifest)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running: one shared protocol, one point at a time (or `concurrent`)
-
-
-def shared_pretrain(
-    config: ScalingStudyConfig, version: int, root: Location, uri: str
-) -> PretrainConfig:
-    """The pre-training settings of every point (only ``subset`` and ``run_name`` vary)."""
-    return replace(
-        config.pretrain,
-        corpus=config.corpus,
-        version=version,
-        subset=None,
-        storage_path=root.join("pretrain").uri,
-        run_name=None,
-        resume=False,
-        mlflow_uri=uri,
-        register_as=config.pretrain.register_as if config.register_models else "",
-    )
-
-
-def shared_finetune(config: ScalingStudyConfig, root: Location, uri: str) -> FinetuneConfig:
-    """The fine-tuning settings of every point (only ``pretrained`` and ``run_name`` vary)."""
-    return replace(
-        config.finetune,
-        disfa=config.disfa,
-        init="pretrained",
-        compare_init=False,
-        storage_path=root.join("finetune").uri,
-        run_name=None,
-        mlflow_uri=uri,
-        register_as=config.finetune.register_as if config.register_models else "",
-        final_model=config.finetune.final_model if config.register_models else "none",
-    )
-
-
-def point_figures(
-    metrics: CVMetrics,
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Means (12 AUs and the paper's 8) and per-AU figures: per fold, averaged over folds."""
-    means = {
-        m: {"mean": metrics.mean(m), "mean_paper8": metrics.mean(m, PAPER_COMPARISON_AUS)}
-        for m in METRIC_NAMES
-    }
-    per_metric = {m: metrics.per_au(m) for m in METRIC_NAMES}
-    per_au = {au: {m: per_metric[m][au] for m in METRIC_NAMES} for au in metrics.au_names}
-    return means, per_au
-
-
-def probe_point(checkpoint: str, finetune: FinetuneConfig) -> CVMetrics:
-    """The declared cheaper evaluation: a linear probe of the checkpoint's frozen features on
-    the same DISFA folds (``training.linear_probe``)."""
-    frames, folds = prepared_folds(finetune)
-    model = trained_model(resolve_init(checkpoint))
-    return probe_cross_validation(model, frames, folds, finetune.threshold)
-
-
-def run_point(
-    point: PlannedPoint,
-    pretrain: PretrainConfig,
-    finetune: FinetuneConfig,
-    parent: RunHandle,
-    experiment: str,
-    point_eval: str = "finetune",
-) -> PointResult:
-    """Pre-train on the point's rows, evaluate the best checkpoint (fine-tune, or the linear
-    probe); log a child run."""
-    start = time.perf_counter()
-    child = create_run(
-        parent.tracking_uri,
-        experiment,
-        point.key,
-        tags={
-            "mlflow.parentRunId": parent.run_id,
-            "facs.stage": "scaling-point",
-            "facs.scaling.point": point.key,
-            "facs.scaling.axes": ",".join(point.axes),
-        },
-    )
-    log_params(
-        child,
-        {
-            "point": point.key,
-            "axes": list(point.axes),
-            "subset": point.subset or "",
-            "train_images": point.images,
-            "train_people": point.people,
-            "val_images": point.val_images,
-        },
-    )
-    links = {"facs.scaling.parent_run_id": parent.run_id, "facs.scaling.point": point.key}
-    try:
-        pre: PretrainResult = run_pretraining(
-            replace(pretrain, subset=point.subset, run_name=point.key)
-        )
-        set_tags(RunHandle(pre.tracking_uri, "", pre.mlflow_run_id), links)
-        set_tags(child, {"pretrain_run_id": pre.mlflow_run_id, "checkpoint": pre.best_checkpoint})
-        if point_eval == "probe":
-            evaluated = probe_point(pre.best_checkpoint, finetune)
-            finetune_run, report_uri = "", ""
-            set_tags(child, {"facs.scaling.point_eval": "probe"})
-        else:
-            cv = run_cross_validation(
-                replace(finetune, pretrained=pre.best_checkpoint, run_name=point.key)
-            )
-            evaluated = cv.arms["pretrained"].metrics
-            finetune_run, report_uri = cv.arms["pretrained"].mlflow_run_id, cv.report_uri
-            set_tags(RunHandle(cv.tracking_uri, "", finetune_run), links)
-            set_tags(child, {"finetune_run_id": finetune_run, "finetune_report": report_uri})
-        means, per_au = point_figures(evaluated)
-        metrics = {f"test_{m}_{k}": v for m, values in means.items() for k, v in values.items()}
-        metrics.update({f"test_f1_{au}": v["f1"] for au, v in per_au.items()})
-        metrics["pretrain_best_val_loss"] = pre.best_val_loss
-        metrics["pretrain_epochs"] = pre.epochs
-        log_metrics(child, metrics, step=0)
-    except BaseException:
-        end_run(child, "FAILED")
-        raise
-    end_run(child, "FINISHED")
-    return PointResult(
-        key=point.key,
-        axes=list(point.axes),
-        subset=point.subset,
-        images=point.images,
-        people=point.people,
-        val_images=point.val_images,
-        mlflow_run_id=child.run_id,
-        pretrain_run_id=pre.mlflow_run_id,
-        finetune_run_id=finetune_run,
-        pretrain_checkpoint=pre.best_checkpoint,
-        pretrain_epochs=pre.epochs,
-        pretrain_best_val_loss=pre.best_val_loss,
-        finetune_report=report_uri,
-        means=means,
-        per_au=per_au,
-        seconds=time.perf_counter() - start,
-    )
 
 
 def log_curves(parent: RunHandle, points: list[PointResult]) -> None:
@@ -496,7 +166,7 @@ def run_scaling(config: ScalingStudyConfig) -> ScalingResult:
         + f"; MLflow {tracking_uri}",
         flush=True,
     )
-    try:
+    with closing_runs(parent):
 
         def job(point: PlannedPoint) -> PointResult:
             return run_point(
@@ -519,11 +189,7 @@ def run_scaling(config: ScalingStudyConfig) -> ScalingResult:
         )
         log_curves(parent, results)
         result.report_files = report(config, result, parent)
-    except BaseException:
-        end_run(parent, "FAILED")
-        raise
-    end_run(parent, "FINISHED")
-    return result
+        return result
 
 
 def experiment_facts(config: ScalingStudyConfig, result: ScalingResult) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from training.metrics import markdown_table, table_csv
 from training.paper_results import AVERAGE_COLUMN, TABLE_III, TABLE_IV, TABLE_V, paper_rows
 
 if TYPE_CHECKING:
-    from tune.scaling import PointResult, ScalingResult
+    from tune.scaling import ScalingResult
+    from tune.scaling_point import PointResult
 
 #: The paper's comparison methods drawn as reference rows and lines (F1 over its 8 AUs, in %).
 REFERENCES: tuple[str, ...] = ("OpenFace 2.0", "LP-Net")

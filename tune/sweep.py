@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -40,31 +36,26 @@ from ray.tune.search.optuna import OptunaSearch
 from pipeline.ray_runtime import ensure_ray, require_state_api
 from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.storage import Location, is_s3
-from pipeline.vocabulary import PAPER_COMPARISON_AUS
-from training.finetune import arm_inits, prepared_folds, run_cross_validation
-from training.finetune_config import FinetuneConfig
+from training.finetune import arm_inits, prepared_folds
 from training.finetune_data import fold_data
 from training.tracking import (
     RunHandle,
+    closing_runs,
     create_run,
-    end_run,
     git_commit,
-    log_metrics,
     log_params,
     reopen_run,
     resolve_tracking_uri,
-    set_tags,
     store_path,
     uses_default_store,
 )
 from tune.sweep_callbacks import InterruptAfter, MlflowTrialRuns
-from tune.sweep_config import SweepConfig, apply_params
+from tune.sweep_config import SweepConfig
+from tune.sweep_final import conclude_sweep, plain
+from tune.sweep_result import SweepResult, trial_summaries
 from tune.sweep_trial import OBJECTIVE, TRIAL_SPLITS, SweepContext, run_trial
 
 STATE_FILE = "sweep.json"
-BEST_CONFIG_FILE = "best_finetune.yaml"
-FINAL_FILE = "final.json"
-RESULT_FILE = "sweep_result.json"
 INTERRUPT_MARKER = "interrupted.marker"
 #: Where sweeps go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_STORAGE = "./runs/tune"
@@ -72,71 +63,11 @@ DEFAULT_STORAGE = "./runs/tune"
 TRIAL_DRIVER_CPU = 0.01
 
 
-@dataclass
-class TrialSummary:
-    """One trial as the sweep ended it."""
-
-    trial_id: str
-    params: dict[str, Any]
-    epochs: int
-    val_f1: float
-    val_f1_fixed: float
-    val_f1_tuned: float
-    is_defaults: bool
-    #: Per fold (``fold<k>``): the subjects whose frames reached its training / validation.
-    subjects: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-
-
-@dataclass
-class SweepResult:
-    """What a sweep found, and (once) how the chosen config did on the test subjects."""
-
-    name: str
-    path: str
-    tracking_uri: str
-    parent_run_id: str
-    interrupted: bool
-    trials: list[TrialSummary]
-    best: TrialSummary | None = None
-    defaults: TrialSummary | None = None
-    best_config_uri: str | None = None
-    #: The final cross-validation: test F1 per fold and pooled, both threshold policies.
-    test: dict[str, float] = field(default_factory=dict)
-    final_run_name: str | None = None
-    registered_model: str | None = None
-    registered_version: str | None = None
-
-    @property
-    def beats_defaults(self) -> bool | None:
-        """Whether the chosen config's validation F1 exceeds the base config's trial's."""
-        if self.best is None or self.defaults is None:
-            return None
-        return self.best.val_f1 > self.defaults.val_f1
-
-
 def search_space(config: SweepConfig) -> dict[str, Any]:
     """Tune's domains: a log-uniform learning rate and a categorical for every other choice."""
     space: dict[str, Any] = {"lr": tune.loguniform(config.space.lr_min, config.space.lr_max)}
     space.update({name: tune.choice(values) for name, values in config.space.categorical().items()})
     return space
-
-
-def best_finetune_config(config: SweepConfig, params: dict[str, Any]) -> FinetuneConfig:
-    """The chosen config as `facs finetune` runs it (the base's workers, storage and tracking)."""
-    return apply_params(config.finetune, params, config.space.pos_weight_cap)
-
-
-def finetune_yaml(finetune: FinetuneConfig) -> str:
-    """A FinetuneConfig as YAML that ``facs finetune --config`` loads back unchanged."""
-    return yaml.safe_dump(_plain(asdict(finetune)), sort_keys=False)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _storage(location: Location) -> dict[str, Any]:
@@ -168,47 +99,9 @@ def _parent_run(config: SweepConfig, sweep: Location, tracking_uri: str, name: s
         name,
         tags={"facs.stage": "tune", "facs.run_name": name, "git_commit": git_commit()},
     )
-    log_params(parent, _plain(asdict(config)))
+    log_params(parent, plain(asdict(config)))
     state.write_text_atomic(json.dumps({"name": name, "parent": asdict(parent)}, indent=2))
     return parent
-
-
-def _summaries(grid: tune.ResultGrid, default: dict[str, Any] | None) -> list[TrialSummary]:
-    out = []
-    for result in grid:
-        metrics = result.metrics or {}
-        if OBJECTIVE not in metrics:
-            continue
-        params = dict(result.config or {})
-        subjects: dict[str, dict[str, list[str]]] = {}
-        for key, value in metrics.items():
-            if key.startswith("fold") and key.endswith("_subjects"):
-                fold, split, _ = key.split("_")
-                subjects.setdefault(fold, {})[split] = [s for s in str(value).split(",") if s]
-        out.append(
-            TrialSummary(
-                trial_id=str(metrics.get("trial_id", result.path)),
-                params=params,
-                epochs=int(metrics.get("training_iteration", 0)),
-                val_f1=float(metrics[OBJECTIVE]),
-                val_f1_fixed=float(metrics.get("val_f1_fixed", math.nan)),
-                val_f1_tuned=float(metrics.get("val_f1_tuned", math.nan)),
-                is_defaults=default is not None and _same_point(params, default),
-                subjects=subjects,
-            )
-        )
-    return out
-
-
-def _same_point(params: dict[str, Any], point: dict[str, Any]) -> bool:
-    for key, value in point.items():
-        got = params.get(key)
-        if isinstance(value, float) and isinstance(got, int | float):
-            if not math.isclose(float(got), value, rel_tol=1e-9):
-                return False
-        elif got != value:
-            return False
-    return True
 
 
 def storage_uri(config: SweepConfig) -> str:
@@ -288,10 +181,10 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         f"({'resumed' if config.resume else 'new'}); {sweep.uri}; MLflow {tracking_uri}",
         flush=True,
     )
-    try:
+    with closing_runs(parent) as outcome:
         tuner = _tuner(config, trainable, sweep, root, name, parent, default)
         grid = tuner.fit()
-        trials = _summaries(grid, default)
+        trials = trial_summaries(grid, default)
         finished = _finished_trials(sweep)
         interrupted = finished < config.num_samples
         result = SweepResult(
@@ -309,14 +202,10 @@ def run_sweep(config: SweepConfig) -> SweepResult:
                 f"--storage-path {config.storage_path}",
                 flush=True,
             )
-            end_run(parent, "KILLED")
+            outcome.status = "KILLED"
             return result
-        _conclude(config, result, grid, sweep, parent)
-    except BaseException:
-        end_run(parent, "FAILED")
-        raise
-    end_run(parent, "FINISHED")
-    return result
+        conclude_sweep(config, result, grid, sweep, parent)
+        return result
 
 
 def _finished_trials(sweep: Location) -> int:
@@ -386,130 +275,3 @@ def _tuner(
             verbose=1,
         ),
     )
-
-
-def _conclude(
-    config: SweepConfig,
-    result: SweepResult,
-    grid: tune.ResultGrid,
-    sweep: Location,
-    parent: RunHandle,
-) -> None:
-    """Pick the best trial on validation; write its config; evaluate it on test, once."""
-    if not result.trials:
-        raise RuntimeError(f"sweep {result.name}: no trial reported {OBJECTIVE}")
-    best = max(result.trials, key=lambda t: (t.val_f1, -t.epochs))
-    result.best = best
-    result.defaults = next((t for t in result.trials if t.is_defaults), None)
-    chosen = best_finetune_config(config, best.params)
-    text = finetune_yaml(dataclasses.replace(chosen, run_name=None))
-    best_file = sweep.join(BEST_CONFIG_FILE)
-    best_file.write_text_atomic(text)
-    result.best_config_uri = best_file.uri
-    with tempfile.TemporaryDirectory(prefix="facs-tune-") as local:
-        Path(local, BEST_CONFIG_FILE).write_text(text)
-        parent.client().log_artifact(parent.run_id, str(Path(local, BEST_CONFIG_FILE)))
-    summary = {
-        "best_val_f1": best.val_f1,
-        "best_val_f1_fixed": best.val_f1_fixed,
-        "best_val_f1_tuned": best.val_f1_tuned,
-        "trials": len(result.trials),
-    }
-    if result.defaults is not None:
-        summary["defaults_val_f1"] = result.defaults.val_f1
-        summary["tuned_beats_defaults"] = float(bool(result.beats_defaults))
-    log_metrics(parent, summary, step=0)
-    set_tags(parent, {"best_trial_id": best.trial_id})
-
-    if config.final_evaluation:
-        _final_evaluation(config, result, chosen, sweep, parent)
-    sweep.join(RESULT_FILE).write_text_atomic(json.dumps(result_json(result), indent=2))
-    print(sweep_summary(result), flush=True)
-
-
-def _final_evaluation(
-    config: SweepConfig,
-    result: SweepResult,
-    chosen: FinetuneConfig,
-    sweep: Location,
-    parent: RunHandle,
-) -> None:
-    """Cross-validate the chosen config on the test subjects: once per sweep (kept on resume)."""
-    final_file = sweep.join(FINAL_FILE)
-    if final_file.exists():
-        saved = json.loads(final_file.read_text())
-    else:
-        final = dataclasses.replace(
-            chosen,
-            run_name=f"{result.name}-final",
-            storage_path=sweep.join("final").uri,
-            mlflow_uri=result.tracking_uri,
-            experiment=config.experiment,
-        )
-        cv = run_cross_validation(final, parent=parent)
-        arm = cv.arms[final.init]
-        test = {
-            "test_f1_mean": arm.mean_f1,
-            "test_f1_mean_paper": arm.mean_f1_paper8,
-            "test_pooled_f1_mean": arm.metrics.pooled.mean()["f1"],
-            "test_pooled_f1_mean_paper": arm.metrics.pooled.mean(PAPER_COMPARISON_AUS)["f1"],
-            **{
-                f"test_fold{k}_f1_mean": m.mean()["f1"]
-                for k, m in sorted(arm.metrics.per_fold.items())
-            },
-            **arm.tuned,
-        }
-        policy = "_tuned" if chosen.threshold_policy == "tuned" else ""
-        test["test_f1_mean_chosen_policy"] = test.get(f"test_f1_mean{policy}", math.nan)
-        saved = {
-            "test": test,
-            "run_name": cv.run_name,
-            "registered_model": cv.registered_model,
-            "registered_version": cv.registered_version,
-        }
-        final_file.write_text_atomic(json.dumps(saved, indent=2))
-        log_metrics(parent, test, step=0)
-    result.test = saved["test"]
-    result.final_run_name = saved["run_name"]
-    result.registered_model = saved["registered_model"]
-    result.registered_version = saved["registered_version"]
-
-
-def result_json(result: SweepResult) -> dict[str, Any]:
-    data = asdict(result)
-    data["beats_defaults"] = result.beats_defaults
-    return data
-
-
-def sweep_summary(result: SweepResult) -> str:
-    """A few lines for the console: best vs. defaults on validation, and the test figures."""
-    lines = [f"[facs] tune {result.name}: {len(result.trials)} trials; {result.path}"]
-    if result.best is not None:
-        lines.append(
-            f"  best trial {result.best.trial_id}: validation F1 {100 * result.best.val_f1:.1f} "
-            f"({result.best.params.get('threshold_policy')} thresholds) {result.best.params}"
-        )
-    if result.defaults is not None:
-        lines.append(
-            f"  base config: validation F1 {100 * result.defaults.val_f1:.1f} "
-            f"-> tuned config {'beats' if result.beats_defaults else 'does not beat'} them"
-        )
-    if result.test:
-        folds = ", ".join(
-            f"{key.split('_')[1]} {100 * value:.1f}"
-            for key, value in sorted(result.test.items())
-            if key.startswith("test_fold") and key.endswith("_f1_mean")
-        )
-        lines.append(
-            f"  test F1 (0.5, per fold then averaged): {100 * result.test['test_f1_mean']:.1f}; "
-            f"{folds}; 8 paper AUs {100 * result.test['test_f1_mean_paper']:.1f} (pooled "
-            f"{100 * result.test['test_pooled_f1_mean']:.1f})"
-        )
-        if "test_f1_mean_tuned" in result.test:
-            lines.append(
-                "  test F1 (per-AU thresholds tuned on validation): "
-                f"{100 * result.test['test_f1_mean_tuned']:.1f}"
-            )
-    if result.registered_version:
-        lines.append(f"  registered {result.registered_model} v{result.registered_version}")
-    return "\n".join(lines)
