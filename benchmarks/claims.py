@@ -19,6 +19,8 @@ means, spreads, Spearman's rho, the commands each seed ran) and prints each clai
 
     python benchmarks/claims.py                      # the full run (3 seeds), <= 60 min alone
     python benchmarks/claims.py --seeds 0 --quick    # a smoke run of the whole path (minutes)
+    python benchmarks/claims.py --only-compare --results benchmarks/results/claims_compare.json
+                                                     # claims (a) and (b) alone (a re-measure)
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.demo import finetune_cpus  # noqa: E402
-from cluster.demo_config import SCALES  # noqa: E402
+from tune.demo_config import SCALES  # noqa: E402
+from tune.demo_setup import finetune_cpus  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims.json"
 #: Claims (a) and (b) pre-train as the default demo does, so both report the same model budget.
@@ -118,6 +120,9 @@ def main() -> None:
         "--resume", action="store_true",
         help="keep the seeds already in the results file (same settings), run only the others",
     )  # fmt: skip
+    parser.add_argument("--only-compare", action="store_true",
+                        help="claims (a) and (b) only: no scaling experiment")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results file")
     args = parser.parse_args()
     if args.quick:
         args.tiers, args.disfa_frames = "6x40,10x8,16x4", 12
@@ -125,6 +130,8 @@ def main() -> None:
         args.pretrain_steps, args.finetune_epochs = 4, 1
         args.compare_pretrain_steps = min(args.compare_pretrain_steps, 4)
 
+    if args.only_compare and not args.compare_pretrain_steps:
+        parser.error("--only-compare needs --compare-pretrain-steps > 0 (no scaling point to use)")
     seeds = [int(s) for s in args.seeds.split(",")]
     work_dir = tempfile.TemporaryDirectory(prefix="facs-claims-")
     work = Path(args.work or work_dir.name)
@@ -160,22 +167,25 @@ def main() -> None:
         point_eval = ["--point-eval", args.point_eval,
                       "--finetune-max-epochs", str(args.finetune_epochs),
                       "--finetune-patience", str(args.finetune_patience)]  # fmt: skip
-        runner.facs("experiment", "scaling", "--corpus", str(corpus), *disfa_args,
-                    "--images", args.images, "--identities", args.identities,
-                    "--identity-images", str(args.identity_images),
-                    "--pretrain-steps", str(args.pretrain_steps),
-                    "--pretrain-min-steps-per-epoch", str(args.min_steps_per_epoch),
-                    "--pretrain-model-width", str(args.width),
-                    "--pretrain-seed", str(seed), "--finetune-seed", str(seed),
-                    "--subset-seed", str(seed), "--concurrent", str(args.concurrent),
-                    "--pretrain-cpus-per-worker", cpus_per_worker,
-                    *shared_finetune, *point_eval,
-                    "--output", str(root / "runs"), "--run-name", "scaling",
-                    "--mlflow-uri", mlflow)  # fmt: skip
-        scaling = json.loads((root / "runs" / "scaling" / "report" / "scaling.json").read_text())
-        points = {p["key"]: p for p in scaling["points"]}
-        largest = points["all"]
-        weights = largest["pretrain_checkpoint"]
+        if not args.only_compare:
+            runner.facs("experiment", "scaling", "--corpus", str(corpus), *disfa_args,
+                        "--images", args.images, "--identities", args.identities,
+                        "--identity-images", str(args.identity_images),
+                        "--pretrain-steps", str(args.pretrain_steps),
+                        "--pretrain-min-steps-per-epoch", str(args.min_steps_per_epoch),
+                        "--pretrain-model-width", str(args.width),
+                        "--pretrain-seed", str(seed), "--finetune-seed", str(seed),
+                        "--subset-seed", str(seed), "--concurrent", str(args.concurrent),
+                        "--pretrain-cpus-per-worker", cpus_per_worker,
+                        *shared_finetune, *point_eval,
+                        "--output", str(root / "runs"), "--run-name", "scaling",
+                        "--mlflow-uri", mlflow)  # fmt: skip
+            scaling = json.loads(
+                (root / "runs" / "scaling" / "report" / "scaling.json").read_text()
+            )
+            weights = {p["key"]: p for p in scaling["points"]}["all"]["pretrain_checkpoint"]
+        else:
+            scaling, weights = {"points": []}, ""
         if args.compare_pretrain_steps:
             runner.facs("pretrain", "--corpus", str(corpus),
                         "--workers", str(DEMO.pretrain_workers), "--cpus-per-worker", "0.5",
@@ -216,23 +226,25 @@ def main() -> None:
                 "pretrained": round(fold_mean_f1(compare, "VGG13 pre-trained (this run)"), 2),
                 "scratch": round(fold_mean_f1(compare, "VGG13 from scratch (this run)"), 2),
                 "labeler": round(fold_mean_f1(compare, "OpenFace 2.0 (measured here)"), 2),
-                "scaling": axes,
+                "scaling": axes if not args.only_compare else {},
                 "seconds": round(time.perf_counter() - seed_started, 1),
             }
         )
         print(f"[claims] seed {seed}: {json.dumps(per_seed[-1])}", flush=True)
         results = summarise(args, seeds, per_seed, runner, started, load_before, history)
         if not args.no_write:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-            print(f"[claims] wrote {RESULTS} ({len(per_seed)} of {len(seeds)} seeds)", flush=True)
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(results, indent=2) + "\n")
+            print(
+                f"[claims] wrote {args.results} ({len(per_seed)} of {len(seeds)} seeds)", flush=True
+            )
     results = summarise(args, seeds, per_seed, runner, started, load_before, history)
     print(json.dumps({k: results[k] for k in ("pretrained_vs_scratch", "pretrained_vs_labeler",
                                               "scaling", "wall_minutes")}, indent=2))  # fmt: skip
 
 
 #: Settings that change where or whether results go, not what a seed measures.
-RUN_ONLY = {"seeds", "work", "no_write", "resume"}
+RUN_ONLY = {"seeds", "work", "no_write", "resume", "results"}
 
 
 def resumed(args: argparse.Namespace, seeds: list[int]) -> tuple[list[dict], list[dict]]:
@@ -240,15 +252,15 @@ def resumed(args: argparse.Namespace, seeds: list[int]) -> tuple[list[dict], lis
 
     Refuses a file measured with other settings: seeds pooled across settings mean nothing.
     """
-    if not RESULTS.exists():
+    if not args.results.exists():
         return [], []
-    old = json.loads(RESULTS.read_text())
+    old = json.loads(args.results.read_text())
     mine = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
     theirs = {k: v for k, v in old["settings"].items() if k not in RUN_ONLY}
     if mine != theirs:
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise SystemExit(
-            f"[claims] --resume: {RESULTS} was measured with other settings: {changed}"
+            f"[claims] --resume: {args.results} was measured with other settings: {changed}"
         )
     kept = [s for s in old["per_seed"] if s["seed"] in seeds]
     earlier = [
@@ -279,6 +291,8 @@ def summarise(
 
     scaling_out = {}
     for axis, name in (("images", "images"), ("identities", "people")):
+        if not per_seed[0]["scaling"]:
+            break
         sizes = per_seed[0]["scaling"][axis]["sizes"]
         f1 = [[s["scaling"][axis]["f1"][k] for s in per_seed] for k in range(len(sizes))]
         means = [float(np.mean(v)) for v in f1]
@@ -310,7 +324,7 @@ def summarise(
         "seeds": [s["seed"] for s in per_seed],
         "seeds_planned": seeds,
         "complete": len(per_seed) == len(seeds),
-        "settings": vars(args),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "pretrained_vs_scratch": {
             "pretrained": pre,
             "scratch": scratch,

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.demo import run_demo  # noqa: E402
-from cluster.demo_config import SCALES, DemoConfig  # noqa: E402
+from tune.demo import run_demo  # noqa: E402
+from tune.demo_config import SCALES, DemoConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 LIMIT_MINUTES = 10.0

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="images, folders, videos or corpus roots (added to --inputs)",
     )
     from cluster.cluster_cli import register as register_cluster_commands
-    from cluster.demo import register as register_demo
+    from cluster.demo_cli import register as register_demo
     from cluster.experiment_cli import register as register_experiment_commands
     from cluster.tune_cli import register as register_tune_command
 

@@ -10,23 +10,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_helpers import check_demo_runs, mlflow_server
 
-from cluster.demo import (
+from cluster.demo_cli import register
+from cluster.options import load_config, overrides_from_args
+from training.finetune_config import REGISTERED_MODEL_NAME as DISFA_MODEL
+from training.pretrain_config import REGISTERED_MODEL_NAME as PRETRAINED_MODEL
+from tune.demo import run_demo
+from tune.demo_config import SCALES, DemoConfig
+from tune.demo_report import DemoResult, mlflow_ui_hint
+from tune.demo_setup import (
     MARKER,
     SUMMARY,
     TABLE3,
     DemoPaths,
-    DemoResult,
     finetune_cpus,
-    mlflow_ui_hint,
     prepare_workdir,
-    register,
-    run_demo,
     validation_people,
 )
-from cluster.demo_config import SCALES, DemoConfig
-from cluster.options import load_config, overrides_from_args
-from training.finetune_config import REGISTERED_MODEL_NAME as DISFA_MODEL
-from training.pretrain_config import REGISTERED_MODEL_NAME as PRETRAINED_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_helpers import check_demo_runs, mlflow_server
 
-from cluster.demo import MARKER, SUMMARY, TABLE3, run_demo
-from cluster.demo_config import DemoConfig
 from pipeline.storage import Location
+from tune.demo import run_demo
+from tune.demo_config import DemoConfig
+from tune.demo_setup import MARKER, SUMMARY, TABLE3
 
 
 def bucket_keys(endpoint: str, bucket: str) -> list[str]:

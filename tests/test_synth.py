@@ -308,8 +308,8 @@ def test_labeler_failures_are_written_as_openface_writes_them():
 
 def test_demo_sized_disfa_world_gives_every_fold_ten_positives_of_each_paper_au():
     """Labels only (no rendering): the demo's world, its folds, its validation subjects."""
-    from cluster.demo_config import SCALES, DemoConfig
     from pipeline.disfa.folds import make_folds
+    from tune.demo_config import SCALES, DemoConfig
 
     config = DemoConfig()
     scale = config.resolved()
@@ -428,7 +428,7 @@ def test_default_labeler_f1_on_a_disfa_like_world_is_openface_like():
 def test_demo_disfa_labeler_scores_openface_2s_f1_on_the_folds():
     """The calibration target: the labeler's 8-AU F1 (per fold, then averaged) on the demo's
     DISFA world is OpenFace 2.0's 53.6 +- 5, failures counting as absent."""
-    from cluster.demo_config import DemoConfig
+    from tune.demo_config import DemoConfig
 
     config = DemoConfig()
     scale = config.resolved()
