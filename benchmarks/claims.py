@@ -256,7 +256,9 @@ def resumed(args: argparse.Namespace, seeds: list[int]) -> tuple[list[dict], lis
         return [], []
     old = json.loads(args.results.read_text())
     mine = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
-    theirs = {k: v for k, v in old["settings"].items() if k not in RUN_ONLY}
+    # Options added later read as their defaults in older files.
+    theirs = {"only_compare": False, **old["settings"]}
+    theirs = {k: v for k, v in theirs.items() if k not in RUN_ONLY}
     if mine != theirs:
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise SystemExit(

@@ -194,6 +194,8 @@ def test_sweep_logs_a_parent_run_with_a_nested_run_per_trial(sweep):
         assert {"lr", "batch_size", "freeze_blocks", "threshold_policy"} <= set(run.data.params)
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_f1"))
         assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2
+        # The trial's workers sample their node into the trial's own run, named by node.
+        assert "system/node0/cpu_utilization_percentage" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert BEST_CONFIG_FILE in artifacts
     # The base config's point was trial 1, so the comparison on validation exists.

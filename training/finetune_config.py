@@ -25,6 +25,14 @@ class FinetuneConfig(TrainingJobConfig):
             "from the cache every epoch)"
         },
     )
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "Adam learning rate (the paper: 1e-4; see README: departures)"},
+    )
+    pixel_mean: float | None = field(
+        default=None,
+        metadata={"help": "mean pixel in [0, 1]; none = the mean of each fold's training frames"},
+    )
     experiment: str = field(default="facs-finetune", metadata={"help": "MLflow experiment"})
     register_as: str = field(
         default=REGISTERED_MODEL_NAME,

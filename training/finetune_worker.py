@@ -135,8 +135,6 @@ def finetune_with(setup: FoldSetup) -> None:
         metrics["epoch_time_s"] = time.perf_counter() - epoch_start
         merged = merge_codes(gather_to_rank0(trainer.seen_codes()))
         reported = {k: metrics[k] for k in REPORTED if k in metrics}
-        new_state = trainer.training_state(epoch)
-        new_state.metrics = {k: float(v) for k, v in reported.items()}
         if env.rank == 0:
             log.info(
                 f"{PRODUCT_TAG} {setup.arm} fold {fold.index} epoch {epoch}/{config.max_epochs} "
@@ -144,12 +142,14 @@ def finetune_with(setup: FoldSetup) -> None:
                 f"val_f1 {metrics.get('val_f1_mean', math.nan):.3f} "
                 f"{'(best)' if improved else ''}{' (early stop)' if trainer.stopping.stopped else ''}"
             )
-        report_epoch(
-            env,
-            reported,
-            lambda d, s=new_state, b=best_state, m=merged: _save(d, s, b, {"codes": m}),
-            epoch=epoch,
-        )
+
+        def write(directory: str, epoch=epoch, reported=reported, best=best_state, codes=merged):
+            # Rank 0 only (report_epoch): the other workers copy no weights to the CPU.
+            state = trainer.training_state(epoch)
+            state.metrics = {k: float(v) for k, v in reported.items()}
+            _save(directory, state, best, {"codes": codes})
+
+        report_epoch(env, reported, write, epoch=epoch)
         if env.rank == 0 and setup.mlflow_run is not None:
             log_metrics(setup.mlflow_run, metrics, step=epoch)
     predict_test(trainer, setup, shards, best_state, epoch)
@@ -195,7 +195,10 @@ def predict_test(
     merged["test"] = sorted(int(c) for c in np.unique(test.columns["subjects"]))
     stopping = trainer.stopping
     final_state = trainer.training_state(epoch, best=best_state)
-    final_state.metrics = {"best_monitor": stopping.best_value, "best_epoch": stopping.best_epoch}
+    final_state.metrics = {
+        "best_monitor": stopping.best_value,
+        "best_epoch": float(stopping.best_epoch),
+    }
     seen_names = {
         split: [subject_of_code(setup.subjects, c) for c in values]
         for split, values in merged.items()

@@ -109,7 +109,11 @@ class FoldTrainer:
         self.optimizer = adam(self.model, config)
         if state is not None and state.optimizer_state is not None:
             self.optimizer.load_state_dict(state.optimizer_state)
-        weights = None if pos_weight is None else torch.tensor(pos_weight, device=env.device)
+        weights = (
+            None
+            if pos_weight is None
+            else torch.tensor(pos_weight, dtype=torch.float32, device=env.device)
+        )
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weights)
         self.stopping = EarlyStopping(
             config.patience, config.min_delta, config.lower_is_better
@@ -117,6 +121,7 @@ class FoldTrainer:
         seen = seen or {}
         self.seen_train = SubjectsSeen(len(self.subjects), env.device, seen.get("train", []))
         self.seen_val: set[int] = set(seen.get("val", []))
+        self.epoch_samples = 0.0
 
     def batches(
         self, shard: ray.data.DataIterator, training: bool, epoch: int = 0, whole: bool = False
@@ -199,9 +204,9 @@ class FoldTrainer:
         value = 0.0 if math.isnan(value) else value
         train_sum, train_n, monitor = all_reduce([stats.loss_sum, stats.samples, value], env.device)
         improved = self.stopping.update(epoch, monitor)
+        self.epoch_samples = train_n  # over all workers: what the sweep weighs fold losses by
         metrics.update(
             train_loss=train_sum / train_n,
-            train_samples=train_n,
             monitor=monitor,
             best_monitor=self.stopping.best_value,
             best_epoch=self.stopping.best_epoch,

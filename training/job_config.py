@@ -48,10 +48,7 @@ class TrainingJobConfig:
 
     lr: float = field(
         default=0.001,
-        metadata={
-            "help": "Adam learning rate (the paper's is higher and does not learn at these "
-            "sizes; see README: departures)"
-        },
+        metadata={"help": "Adam learning rate (see README: departures from the paper)"},
     )
     beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (momentum)"})
     beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
@@ -95,12 +92,13 @@ class TrainingJobConfig:
         default=None,
         metadata={
             "help": "where runs and checkpoints go: local folder (shared) or s3:// URI; none = "
-            "$FACS_STORAGE_ROOT/<job>, else ./runs/<job> (refused in a Ray job, whose working "
-            "dir is temporary)"
+            "$FACS_STORAGE_ROOT/pretrain (or /finetune), else ./runs/pretrain (./runs/finetune; "
+            "refused in a Ray job, whose working dir is temporary)"
         },
     )
     run_name: str | None = field(
-        default=None, metadata={"help": "name of the run's folder; none = <job>-<UTC timestamp>"}
+        default=None,
+        metadata={"help": "name of the run's folder; none = pretrain- (finetune-) <UTC timestamp>"},
     )
     max_failures: int = field(
         default=1,

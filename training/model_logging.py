@@ -7,6 +7,9 @@ for the call and puts it back exactly (see ``training.tracking`` for why URIs ar
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import threading
 import time
@@ -33,6 +36,8 @@ from training.tracking import (
     param_text,
     resolve_registry_uri,
 )
+
+log = logging.getLogger(__name__)
 
 _PROCESS_URIS_LOCK = threading.RLock()
 
@@ -134,11 +139,16 @@ def log_model(
         log_model_scores(run, info.model_id, scores or {}, scored_on, scores_step)
         if not register_as:
             return LoggedModel(info.model_uri, None, None)
-        version = mlflow.register_model(
-            info.model_uri,
-            register_as,
-            tags={k: param_text(v) for k, v in tags.items() if v is not None},
-        )
+        # MLflow prints "Successfully registered model ..." to stderr; the caller prints its own
+        # line with the version, so MLflow's go to the log instead of the console.
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            version = mlflow.register_model(
+                info.model_uri,
+                register_as,
+                tags={k: param_text(v) for k, v in tags.items() if v is not None},
+            )
+        for line in said.getvalue().splitlines():
+            log.info("%s", line)
     if evaluation is not None:
         registry = MlflowClient(
             run.tracking_uri, registry_uri=resolve_registry_uri(run.tracking_uri)

@@ -16,6 +16,13 @@ REGISTERED_MODEL_NAME = "facs-vgg13-pretrained"
 class PretrainConfig(TrainingJobConfig):
     """Everything a pre-training run needs: data, scale, optimiser, schedule, storage, tracking."""
 
+    lr: float = field(
+        default=0.001,
+        metadata={
+            "help": "Adam learning rate (the paper: 0.005, which collapses to a constant output "
+            "here; see README: departures)"
+        },
+    )
     max_epochs: int = field(default=500, metadata={"help": "upper bound on epochs"})
     patience: int = field(
         default=20,
@@ -31,6 +38,10 @@ class PretrainConfig(TrainingJobConfig):
     max_failures: int = field(
         default=3,
         metadata={"help": "worker failures to recover from (from the last checkpoint); -1 = any"},
+    )
+    pixel_mean: float | None = field(
+        default=None,
+        metadata={"help": "mean pixel in [0, 1] to subtract; none = computed from the train split"},
     )
     experiment: str = field(default="facs-pretrain", metadata={"help": "MLflow experiment name"})
     register_as: str = field(

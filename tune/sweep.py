@@ -172,10 +172,11 @@ def run_sweep(config: SweepConfig) -> SweepResult:
             for fold in folds
         },
     )
+    parent = _parent_run(config, sweep, tracking_uri, name)
+    context.parent = parent  # each trial finds its child run under it (system metrics)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), {"cpu": TRIAL_DRIVER_CPU}
     )
-    parent = _parent_run(config, sweep, tracking_uri, name)
     print(
         f"[facs] tune {name}: {config.num_samples} trials x {len(folds)} folds "
         f"({'resumed' if config.resume else 'new'}); {sweep.uri}; MLflow {tracking_uri}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from typing import Any
 
 from ray.tune import Callback
@@ -101,3 +102,24 @@ class InterruptAfter(Callback):
         if self.finished >= self.trials and not marker.exists():
             marker.write_text_atomic(f"interrupted after {self.finished} finished trials\n")
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own "stop and save" signal
+
+
+def trial_run(parent: RunHandle, trial_id: str, wait_s: float = 30.0) -> RunHandle | None:
+    """The trial's running child run (its newest attempt), made by :class:`MlflowTrialRuns` in
+    the driver; waits up to ``wait_s`` for it, since the trial may start before the callback runs.
+
+    A trial logs its workers' system metrics into it; ``None`` if it never appears.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = parent.client().search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.`facs.trial_id` = '{trial_id}' and attributes.status = 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found:
+            return RunHandle(parent.tracking_uri, parent.experiment_id, found[0].info.run_id)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(1.0)

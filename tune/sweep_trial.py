@@ -35,7 +35,10 @@ from training.fold_trainer import FoldTrainer, merge_codes, subject_of_code
 from training.init_weights import InitWeights
 from training.metrics import au_metrics, tune_thresholds
 from training.model import ModelConfig
+from training.system_metrics import node_system_metrics
+from training.tracking import RunHandle
 from training.trainer_config import torch_trainer
+from tune.sweep_callbacks import trial_run
 from tune.sweep_config import apply_params
 
 #: The metric ASHA and the searcher optimise (mean over folds, validation subjects only).
@@ -86,11 +89,19 @@ class TrialSetup:
     init: InitWeights
     scratch_model: ModelConfig
     subjects: tuple[str, ...]
+    #: The trial's MLflow child run: its workers' system metrics go there.
+    mlflow_run: RunHandle | None = None
 
 
 def sweep_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker`` for a trial; ``loop_config["setup"]`` a ``TrialSetup``."""
     setup: TrialSetup = loop_config["setup"]
+    with node_system_metrics(setup.mlflow_run):
+        train_trial(setup)
+
+
+def train_trial(setup: TrialSetup) -> None:
+    """Every fold of the trial in lock-step, one report per epoch (module docstring)."""
     config = setup.config
     env = WorkerEnv.current(bf16=config.bf16, channels_last=config.channels_last)
     folds = [
@@ -123,11 +134,12 @@ def sweep_worker(loop_config: dict[str, Any]) -> None:
             k = trainer.fold.index
             stats = trainer.train_epoch(shards["train", k], augment, epoch)
             val, metrics, improved = trainer.validate(shards["val", k], stats, epoch)
-            train_loss += metrics["train_loss"] * metrics["train_samples"]
-            train_n += metrics["train_samples"]
+            train_loss += metrics["train_loss"] * trainer.epoch_samples
+            train_n += trainer.epoch_samples
             if improved:
                 best_val[k] = val
-        _report(setup, folds, best_val, epoch, train_loss / max(train_n, 1.0), start)
+        seconds = time.perf_counter() - start
+        _report(setup, folds, best_val, epoch, train_loss / max(train_n, 1.0), seconds)
         if all(trainer.stopping.stopped for trainer in folds):
             break
 
@@ -138,7 +150,7 @@ def _report(
     best_val: dict[int, EvalOutput],
     epoch: int,
     train_loss: float,
-    start: float,
+    seconds: float,
 ) -> None:
     """Every worker reports (Ray Train waits for all); Tune takes rank 0's figures."""
     gathered = gather_to_rank0([trainer.seen_codes() for trainer in folds])
@@ -149,7 +161,7 @@ def _report(
     metrics: dict[str, Any] = {
         "epoch": epoch,
         "train_loss": train_loss,
-        "epoch_time_s": time.perf_counter() - start,
+        "epoch_time_s": seconds,
     }
     fixed, tuned, losses = [], [], []
     for i, trainer in enumerate(folds):
@@ -216,6 +228,8 @@ class SweepContext:
     #: holds almost no CPU, so building them inside it (Ray Data launches 1-CPU tasks) can wait
     #: forever behind the trainers' reservations.
     fold_data: dict[int, FoldData] = field(default_factory=dict)
+    #: The sweep's MLflow parent run, under which the driver makes each trial's child run.
+    parent: RunHandle | None = None
 
 
 def trial_config(context: SweepContext, params: dict[str, Any]) -> FinetuneConfig:
@@ -247,8 +261,9 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
             else None
         )
         folds.append(TrialFold(fold, data.pixel_mean, weights))
-    setup = TrialSetup(config, folds, context.init, context.scratch_model, context.subjects)
     trial_id = tune.get_context().get_trial_id()
+    run = trial_run(context.parent, trial_id) if context.parent is not None else None
+    setup = TrialSetup(config, folds, context.init, context.scratch_model, context.subjects, run)
     trainer = torch_trainer(
         sweep_worker,
         setup,
