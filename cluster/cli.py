@@ -12,11 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.options import ConfigError, config_parser, load_config, overrides_from_args
 from pipeline.console import quiet_console
 from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.corpus.manifest import CorpusError
 from pipeline.corpus.subset import SubsetConfig
+from pipeline.options import ConfigError, config_parser, load_config, overrides_from_args
 from pipeline.ray_runtime import ensure_ray
 from pipeline.synth.config import SynthCelebConfig, SynthDisfaConfig
 from training.finetune_config import FinetuneConfig

@@ -8,8 +8,8 @@ import sys
 
 from cluster.auth import TokenError
 from cluster.local_cluster import ClusterError
-from cluster.options import add_config_arguments
 from cluster.submit import SubmitError
+from pipeline.options import add_config_arguments
 
 DEFAULT_RUN_DIR = ".facs-cluster"
 
@@ -29,7 +29,7 @@ def _guarded(run):
 
 def _cluster_up(args: argparse.Namespace) -> int:
     from cluster.local_cluster import LocalClusterConfig, client_env_lines, up
-    from cluster.options import load_config, overrides_from_args
+    from pipeline.options import load_config, overrides_from_args
 
     config = load_config(LocalClusterConfig, args.config, overrides_from_args(args))
     print(f"facs: starting a Ray head and an MLflow server from {config.run_dir} ...", flush=True)

@@ -9,7 +9,7 @@ from tune.demo_config import SCALES, DemoConfig
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cluster.options import load_config, overrides_from_args
+    from pipeline.options import load_config, overrides_from_args
 
     config = load_config(DemoConfig, args.config, overrides_from_args(args))
     from tune.demo import run_demo
@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(stages: Any) -> argparse.ArgumentParser:
     """Add ``facs demo`` to the ``facs`` subcommands."""
-    from cluster.options import config_parser
+    from pipeline.options import config_parser
 
     return config_parser(
         stages,

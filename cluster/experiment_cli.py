@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.options import (
+from pipeline.options import (
     config_parser,
     from_dict,
     merge_dicts,

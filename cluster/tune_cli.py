@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.options import config_parser, load_config, overrides_from_args
+from pipeline.options import config_parser, load_config, overrides_from_args
 from pipeline.ray_runtime import ensure_ray
 from tune.sweep_config import SweepConfig
 

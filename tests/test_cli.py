@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from cluster.cli import build_parser, main
-from cluster.options import ConfigError, load_config, overrides_from_args
 from pipeline.corpus.config import CorpusBuildConfig
+from pipeline.options import ConfigError, load_config, overrides_from_args
 
 
 def all_flags(cls, prefix: str = "") -> list[str]:

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_helpers import check_demo_runs, mlflow_server
 
 from cluster.demo_cli import register
-from cluster.options import load_config, overrides_from_args
+from pipeline.options import load_config, overrides_from_args
 from training.finetune_config import REGISTERED_MODEL_NAME as DISFA_MODEL
 from training.pretrain_config import REGISTERED_MODEL_NAME as PRETRAINED_MODEL
 from tune.demo import run_demo

@@ -16,9 +16,9 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from cluster.options import load_config, overrides_from_args
 from cluster.tune_cli import register
 from pipeline.disfa import DisfaConfig, make_folds, prepare_disfa
+from pipeline.options import load_config, overrides_from_args
 from pipeline.synth.disfa_world import generate_disfa
 from training.augment import AugmentConfig
 from training.checkpoints import TrainingState, save_checkpoint

@@ -207,7 +207,7 @@ def read_recipe(path: str) -> dict[str, dict]:
     """The ``pretrain:`` / ``finetune:`` sections of a recipe YAML (``{}`` for none)."""
     if not path:
         return {}
-    from cluster.options import ConfigError, read_yaml_mapping
+    from pipeline.options import ConfigError, read_yaml_mapping
 
     data = read_yaml_mapping(path)
     unknown = sorted(set(data) - {"pretrain", "finetune"})
@@ -218,7 +218,7 @@ def read_recipe(path: str) -> dict[str, dict]:
 
 def recipe_config(cls: type, recipe: dict | None, **demo: Any):
     """The product's defaults, then the recipe's settings, then the demo's own (its sizes win)."""
-    from cluster.options import from_dict, merge_dicts
+    from pipeline.options import from_dict, merge_dicts
 
     values = dict(demo)
     nested = {k: values.pop(k) for k in list(values) if isinstance(values[k], dict)}
