@@ -210,8 +210,8 @@ def input_path_pass(
     (shard,) = corpus_splits(corpus_uri)["train"].streaming_split(1, equal=True)
     limit = None if max_rows is None else max(2, max_rows // batch)
     start, first_at, rows = time.perf_counter(), None, 0
-    for batch in device_batches(shard, options, "cpu", limit):
-        faces, labels = batch["faces"], batch["labels"]
+    for tensors in device_batches(shard, options, "cpu", limit):
+        faces, labels = tensors["faces"], tensors["labels"]
         if augment is not None:
             images = augment(to_model_input(faces, mean))
             assert images.shape[0] == labels.shape[0]

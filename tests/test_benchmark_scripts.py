@@ -45,3 +45,32 @@ def test_gpu_check_fails_loudly_when_its_interpreter_is_missing() -> None:
         timeout=60,
     )
     assert done.returncode != 0
+
+
+@pytest.mark.slow
+def test_the_input_path_benchmark_runs_the_workers_batches_and_writes_its_section(tmp_path) -> None:
+    """A tiny run of ``pretrain_throughput.py --input-path`` (its figures are the real run's)."""
+    import json
+
+    out = tmp_path / "pretrain.json"
+    out.write_text(json.dumps({"cpu": {"kept": True}}))
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "pretrain_throughput.py"), "--input-path",
+            "--input-rows", "1200", "--input-batches", "64,128", "--repeats", "1",
+            "--augment-rows", "256", "--width", "0.125", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["cpu"] == {"kept": True}  # the other sections stay
+    section = results["input_path"]
+    assert [row["batch"] for row in section["rows"]] == [64, 128]
+    for row in section["rows"]:
+        for path in ("uint8", "augmented"):
+            assert row[path]["steady_rows_per_s_median"] > 0
+            assert row[path]["runs"][0]["rows"] >= row["batch"]
+    assert "--input-path" in results["commands"]["input_path"]
