@@ -22,7 +22,6 @@ from typing import Any
 import ray
 import ray.train
 
-from pipeline.corpus.read import labelled_counts
 from pipeline.ray_runtime import ensure_ray
 from pipeline.run_storage import check_defaults_reachable, output_location
 from pipeline.storage import Location
@@ -104,9 +103,10 @@ def fault_injection() -> tuple[int, int]:
     return int(os.environ.get(FAIL_ENV, "0") or 0), int(os.environ.get(FAIL_RANK_ENV, "1") or 1)
 
 
-def check_pretraining(config: PretrainConfig) -> CorpusFacts:
+def check_pretraining(config: PretrainConfig) -> tuple[CorpusFacts, dict[str, dict[str, int]]]:
     """Everything a run can be refused for before Ray starts (the CLI calls it first): the corpus
-    version or subset and its labelled rows, the run storage, the MLflow store, fault injection."""
+    version or subset and its labelled rows, the run storage, the MLflow store, fault injection.
+    Returns the corpus facts and its row counts per split."""
     facts = corpus_facts(config)
     fail_at_epoch, fail_rank = fault_injection()
     if fail_at_epoch and not 0 <= fail_rank < config.workers:
@@ -115,8 +115,7 @@ def check_pretraining(config: PretrainConfig) -> CorpusFacts:
         )
     storage_uri(config)
     resolve_tracking_uri(config.mlflow_uri)
-    check_labelled(facts)
-    return facts
+    return facts, check_labelled(facts)
 
 
 def run_params(config: PretrainConfig, facts: CorpusFacts, mean: float) -> dict[str, Any]:
@@ -140,7 +139,13 @@ def corpus_dataset(facts: CorpusFacts) -> DatasetRef:
     return DatasetRef.of(name, facts.manifest_hash)
 
 
-def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: float) -> RunHandle:
+def start_tracking(
+    config: PretrainConfig,
+    name: str,
+    facts: CorpusFacts,
+    mean: float,
+    counts: dict[str, dict[str, int]],
+) -> RunHandle:
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
     tags = {
         "corpus.uri": facts.uri,
@@ -153,7 +158,6 @@ def start_tracking(config: PretrainConfig, name: str, facts: CorpusFacts, mean: 
     }
     run = create_run(tracking_uri, config.experiment, name, tags)
     log_params(run, run_params(config, facts, mean))
-    counts = labelled_counts(facts.uri, facts.version, facts.subset)
     log_dataset(
         run,
         name=corpus_dataset(facts).name,
@@ -174,7 +178,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     Starts a local Ray if none is connected. Raises ``ray.train.TrainingFailedError`` when the
     workers fail more than ``max_failures`` times (the MLflow run is then marked FAILED).
     """
-    facts = check_pretraining(config)
+    facts, counts = check_pretraining(config)
     fail_at_epoch, fail_rank = fault_injection()
     default_storage = not config.storage_path
     config = replace(config, storage_path=storage_uri(config))
@@ -193,7 +197,6 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     )
     datasets = corpus_splits(facts.uri, facts.version, facts.subset, file_order_seed=config.seed)
     if config.cache_data:
-        counts = labelled_counts(facts.uri, facts.version, facts.subset)
         datasets = cached_if_fits(datasets, sum(c["labelled"] for c in counts.values()))
 
     if record is not None:
@@ -207,7 +210,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
         print(f"[facs] resuming run {name} (MLflow run {mlflow_run.run_id})", flush=True)
     else:
         mean = config.pixel_mean if config.pixel_mean is not None else pixel_mean(datasets["train"])
-        mlflow_run = start_tracking(config, name, facts, mean)
+        mlflow_run = start_tracking(config, name, facts, mean, counts)
         record = {
             "run_name": name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -41,8 +41,9 @@ def corpus_facts(config: PretrainConfig) -> CorpusFacts:
     return CorpusFacts(config.corpus, version, config.subset, manifest.content_hash(version))
 
 
-def check_labelled(facts: CorpusFacts) -> None:
-    """Refuse a corpus (version, subset) with no labelled training row, saying how to label."""
+def check_labelled(facts: CorpusFacts) -> dict[str, dict[str, int]]:
+    """Refuse a corpus (version, subset) with no labelled training row, saying how to label;
+    else its rows and labelled rows per split (read once: the run logs and caches by them)."""
     counts = labelled_counts(facts.uri, facts.version, facts.subset)
     where = f"corpus {facts.uri} version {facts.version}" + (
         f" subset {facts.subset}" if facts.subset else ""
@@ -62,6 +63,7 @@ def check_labelled(facts: CorpusFacts) -> None:
             f"{where}: none of its {counts['val']['labelled']} labelled rows is in the train "
             "split (the split is 95/5 by identity: add more people)"
         )
+    return counts
 
 
 def read_run_info(run_dir: Location) -> dict[str, Any] | None:

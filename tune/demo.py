@@ -74,9 +74,18 @@ class DemoContext:
     def cpus(self) -> int:
         return max(1, int(self.resources.get("CPU", 1)))
 
-    @property
-    def shuffle(self) -> int:
-        return min(1024, self.scale.people * self.scale.images_per_person)
+    def job_settings(self) -> dict[str, Any]:
+        """What the demo sets alike for pre-training and fine-tuning (its sizes win a recipe's)."""
+        return {
+            "gpus_per_worker": self.config.gpus_per_worker,
+            "batch_size": self.scale.batch_size,
+            "shuffle_buffer": min(1024, self.scale.people * self.scale.images_per_person),
+            "prefetch_batches": 2,
+            "mlflow_uri": self.tracking_uri,
+            "experiment": self.config.experiment,
+            "seed": self.config.seed,
+            "model": {"width": self.scale.width},
+        }
 
 
 def run_demo(
@@ -230,7 +239,7 @@ def pretrain(demo: DemoContext) -> Any:
     from training.pretrain import run_pretraining
     from training.pretrain_config import PretrainConfig
 
-    config, scale = demo.config, demo.scale
+    scale = demo.scale
     with demo.progress.stage(
         "pretrain", f"pre-training ({scale.pretrain_workers} workers)"
     ) as note:
@@ -238,25 +247,18 @@ def pretrain(demo: DemoContext) -> Any:
             recipe_config(
                 PretrainConfig,
                 demo.recipe.get("pretrain"),
+                **demo.job_settings(),
                 corpus=demo.paths.corpus,
                 workers=scale.pretrain_workers,
-                gpus_per_worker=config.gpus_per_worker,
                 cpus_per_worker=cpus_per_worker(
                     demo.resources, scale.pretrain_workers, demo.use_gpu
                 ),
-                batch_size=scale.batch_size,
                 max_steps=scale.pretrain_steps,
                 max_epochs=10_000,
                 patience=0,
                 cache_data=True,
-                shuffle_buffer=demo.shuffle,
-                prefetch_batches=2,
                 storage_path=demo.paths.pretrain_runs,
                 run_name=f"demo-{demo.stamp}-pretrain",
-                mlflow_uri=demo.tracking_uri,
-                experiment=config.experiment,
-                seed=config.seed,
-                model={"width": scale.width},
             )
         )
         note["result"] = (
@@ -272,7 +274,7 @@ def finetune(demo: DemoContext, disfa: Any, pretrained: Any) -> Any:
     from training.finetune import run_cross_validation
     from training.finetune_config import FinetuneConfig
 
-    config, scale = demo.config, demo.scale
+    scale = demo.scale
     source = (
         f"models:/{pretrained.registered_model}/{pretrained.registered_version}"
         if pretrained.registered_version
@@ -284,28 +286,21 @@ def finetune(demo: DemoContext, disfa: Any, pretrained: Any) -> Any:
             recipe_config(
                 FinetuneConfig,
                 demo.recipe.get("finetune"),
+                **demo.job_settings(),
                 disfa=DisfaConfig(root=disfa.out, cache=demo.paths.disfa_cache),
                 labeler_openface=disfa.openface_dir or "",
                 pretrained=source,
                 compare_init=True,
                 folds=3,
-                model={"width": scale.width},
                 workers=1,
-                gpus_per_worker=config.gpus_per_worker,
                 cpus_per_worker=finetune_cpus(demo.cpus, scale.concurrent_folds, demo.use_gpu),
                 concurrent_folds=scale.concurrent_folds,
-                batch_size=scale.batch_size,
                 max_epochs=scale.finetune_epochs,
                 patience=scale.finetune_patience,
                 batches_per_epoch=scale.finetune_batches_per_epoch,
                 val_batches=scale.finetune_batches_per_epoch,
-                shuffle_buffer=demo.shuffle,
-                prefetch_batches=2,
                 storage_path=demo.paths.finetune_runs,
                 run_name=f"demo-{demo.stamp}",
-                mlflow_uri=demo.tracking_uri,
-                experiment=config.experiment,
-                seed=config.seed,
                 plots=scale.plots,
             )
         )
