@@ -42,13 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tune.demo_config import SCALES  # noqa: E402
-from tune.demo_setup import finetune_cpus  # noqa: E402
+from tune.demo_setup import fine_tuning_trainers, finetune_cpus  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims.json"
 #: Claims (a) and (b) pre-train as the default demo does, so both report the same model budget.
 DEMO = SCALES["small"]
 #: ... and fine-tune as it does: its runs at once, sharing this machine's CPUs.
-COMPARE_CPUS = finetune_cpus(os.cpu_count() or 1, DEMO.concurrent_folds, use_gpu=False)
+COMPARE_CPUS = finetune_cpus(
+    os.cpu_count() or 1, DEMO.concurrent_folds, use_gpu=False, trainers=fine_tuning_trainers(DEMO)
+)
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -203,6 +205,7 @@ def main() -> None:
                     "--max-epochs", str(args.finetune_epochs),
                     "--patience", str(args.finetune_patience),
                     "--concurrent-folds", str(DEMO.concurrent_folds),
+                    "--folds-per-trainer", str(DEMO.folds_per_trainer),
                     "--cpus-per-worker", str(COMPARE_CPUS),
                     "--storage-path", str(root / "runs" / "compare"), "--run-name", "compare",
                     "--mlflow-uri", mlflow, "--register-as", "")  # fmt: skip

@@ -89,7 +89,8 @@ def small_config(disfa: DisfaConfig, pretrained: str, folder: Path, **overrides)
 @pytest.fixture(scope="module")
 def cv(ray_local, disfa, pretrained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("finetune")
-    config = small_config(disfa, pretrained[0], folder)
+    # One trainer steps the arm's three folds in lock-step (the demo's way on few cores).
+    config = small_config(disfa, pretrained[0], folder, folds_per_trainer=0)
     result = run_cross_validation(config)
     return result, config, prepare_disfa(disfa)  # the second call is a cache hit
 
@@ -213,6 +214,22 @@ def test_no_test_subject_ever_reaches_training_or_validation(cv):
         assert len(rows.subjects) == expected
     tested = [s for f in folds for s in f.fold.test_subjects]
     assert sorted(tested) == frames.subjects()  # every subject is tested exactly once
+
+
+def test_one_trainer_steps_every_fold_and_keeps_each_folds_results_apart(cv):
+    result, config, _ = cv
+    folds = result.arms["pretrained"].folds
+    trainer_dir = Path(config.storage_path) / "cv" / "pretrained-folds1-2-3"
+    assert sorted(p.name for p in trainer_dir.iterdir() if p.name.startswith("final")) != []
+    for fold_result in folds:
+        # Each fold's results are its own part of the one trainer's final checkpoint.
+        part = Path(fold_result.checkpoint)
+        assert part.name == f"fold{fold_result.fold.index}"
+        assert part.parent.parent == trainer_dir and part.parent.name.startswith("final")
+        assert load_checkpoint(fold_result.checkpoint).epoch == config.max_epochs
+    # Three folds, three models: their kept weights differ.
+    heads = [load_checkpoint(f.checkpoint).model_state["head.weight"] for f in folds]
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])
 
 
 def test_test_labels_are_the_cached_labels_of_each_frame(cv):

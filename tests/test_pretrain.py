@@ -33,7 +33,7 @@ from training.data import (
 from training.model import ModelConfig
 from training.model_logging import process_uris
 from training.pretrain import FAIL_ENV, FAULT_MARKER, run_pretraining, storage_root
-from training.pretrain_config import PretrainConfig, lr_factor
+from training.pretrain_config import PretrainConfig, lr_factor, lr_per_step
 from training.pretrain_inputs import RUN_INFO, CorpusFacts, check_same_corpus, choose_run
 
 
@@ -206,6 +206,17 @@ def test_step_schedule_halves_after_20_and_tenths_after_40_epochs():
     assert lr_factor(cosine, 0) == 1.0
     assert lr_factor(cosine, 5) == pytest.approx(0.5)
     assert lr_factor(cosine, 9) < 0.05
+    assert not lr_per_step(cosine)
+
+
+def test_cosine_under_a_step_budget_decays_over_the_steps_not_the_epochs():
+    config = PretrainConfig(schedule="cosine", max_epochs=10_000, max_steps=2000)
+    assert lr_per_step(config)
+    assert lr_factor(config, epoch=0, step=0) == 1.0
+    assert lr_factor(config, epoch=3, step=1000) == pytest.approx(0.5)
+    assert lr_factor(config, epoch=40, step=2000) == pytest.approx(0.0)
+    assert lr_factor(config, epoch=40, step=2500) == pytest.approx(0.0)  # never negative
+    assert not lr_per_step(PretrainConfig(max_steps=2000))  # constant stays constant
 
 
 def test_config_rejects_a_global_batch_that_does_not_split_over_workers():

@@ -1,9 +1,9 @@
-"""`facs finetune`: DISFA folds -> one Ray Train trainer per fold -> test predictions -> Table III.
+"""`facs finetune`: DISFA folds -> Ray Train trainers -> test predictions -> Table III.
 
 ``run_cross_validation(config)`` is the entry point. It ingests DISFA (cached), makes the
 subject-independent folds, resolves the starting weights, and for each arm (``pretrained``,
-``scratch`` or both with ``compare_init``) and fold runs a ``TorchTrainer`` over
-``finetune_worker``: the 17-AU head is replaced by a 12-AU head, training stops after ``patience``
+``scratch`` or both with ``compare_init``) runs ``TorchTrainer``s over ``finetune_worker``, each
+stepping ``folds_per_trainer`` folds (one, or all of the arm's in lock-step): the 17-AU head is replaced by a 12-AU head, training stops after ``patience``
 epochs without a better validation monitor, and the best weights then predict the fold's test
 subjects inside the trainer (rank 0, on its GPU when it has one). Only the training split is
 sharded across workers; validation and test frames are read whole by rank 0, so none is dropped
@@ -58,7 +58,7 @@ from training.finetune_results import (
     read_fold,
     tuned_threshold_metrics,
 )
-from training.finetune_worker import FoldSetup, finetune_worker
+from training.finetune_worker import SPLITS, FoldSetup, dataset_name, finetune_worker
 from training.init_weights import InitWeights, resolve_init
 from training.labeler_eval import evaluate_labeler
 from training.model import ModelConfig
@@ -80,20 +80,12 @@ from training.trainer_config import torch_trainer
 DEFAULT_STORAGE = "./runs/finetune"
 
 
-def train_fold(
-    config: FinetuneConfig,
-    data: FoldData,
-    arm: str,
-    init: InitWeights,
-    scratch_model: ModelConfig,
-    subjects: Sequence[str],
-    root: Location,
-    parent: RunHandle,
-) -> FoldResult:
-    """Fine-tune one fold with its own ``TorchTrainer``; log it as a nested MLflow run."""
+def fold_run(
+    config: FinetuneConfig, data: FoldData, arm: str, init: InitWeights, parent: RunHandle
+) -> RunHandle:
+    """The nested MLflow run of one fold of one arm, with its params and its view of DISFA."""
     fold = data.fold
-    start = time.perf_counter()
-    fold_run = create_run(
+    run = create_run(
         parent.tracking_uri,
         config.experiment,
         f"{arm}-fold{fold.index}",
@@ -105,7 +97,7 @@ def train_fold(
         },
     )
     log_params(
-        fold_run,
+        run,
         {
             "fold": fold.index,
             "init": arm,
@@ -122,43 +114,76 @@ def train_fold(
             "patience": config.patience,
         },
     )
-    log_disfa_input(fold_run, data.frames, fold)
-    setup = FoldSetup(
-        config=config,
-        fold=fold,
-        arm=arm,
-        init=init,
-        scratch_model=scratch_model,
-        pixel_mean=data.pixel_mean,
-        pos_weight=data.pos_weight,
-        subjects=tuple(subjects),
-        mlflow_run=fold_run,
-    )
+    log_disfa_input(run, data.frames, data.fold)
+    return run
+
+
+def trainer_name(arm: str, folds: Sequence[Fold]) -> str:
+    """``pretrained-fold2`` for one fold, ``pretrained-folds1-2-3`` for several."""
+    if len(folds) == 1:
+        return f"{arm}-fold{folds[0].index}"
+    return f"{arm}-folds" + "-".join(str(fold.index) for fold in folds)
+
+
+def train_folds(
+    config: FinetuneConfig,
+    datas: Sequence[FoldData],
+    arm: str,
+    start: tuple[InitWeights, ModelConfig],
+    subjects: Sequence[str],
+    root: Location,
+    parent: RunHandle,
+) -> list[FoldResult]:
+    """Fine-tune some folds of one arm with one ``TorchTrainer`` (in lock-step when several);
+    log each fold as a nested MLflow run. ``start``: the arm's weights and scratch architecture."""
+    init, scratch_model = start
+    began = time.perf_counter()
+    runs = [fold_run(config, data, arm, init, parent) for data in datas]
+    setups = [
+        FoldSetup(
+            config=config,
+            fold=data.fold,
+            arm=arm,
+            init=init,
+            scratch_model=scratch_model,
+            pixel_mean=data.pixel_mean,
+            pos_weight=data.pos_weight,
+            subjects=tuple(subjects),
+            mlflow_run=run,
+        )
+        for data, run in zip(datas, runs, strict=True)
+    ]
+    datasets = {
+        dataset_name(split, data.fold): data.datasets[split] for data in datas for split in SPLITS
+    }
     trainer = torch_trainer(
         finetune_worker,
-        setup,
+        setups,
         config,
-        (root, f"{arm}-fold{fold.index}"),
-        data.datasets,
+        (root, trainer_name(arm, [data.fold for data in datas])),
+        datasets,
         # Only training is sharded; validation and test are read whole by rank 0.
-        sharded=["train"],
+        sharded=[dataset_name("train", data.fold) for data in datas],
         # The latest checkpoint resumes a failed worker group; the final one holds the results.
         checkpoints=ray.train.CheckpointConfig(num_to_keep=2),
     )
-    with closing_runs(fold_run):
-        result = trainer.fit()
-        fold_result = read_fold(config, result, arm, data, root, fold_run, start)
-        log_metrics(
-            fold_run,
-            {
-                **fold_result_metrics(fold_result, config.threshold),
-                "best_epoch": fold_result.best_epoch,
-                "epochs": fold_result.epochs,
-            },
-            step=fold_result.epochs,
-        )
-        set_tags(fold_run, {"checkpoint": fold_result.checkpoint})
-    return fold_result
+    results = []
+    with closing_runs(*runs):
+        fit = trainer.fit()
+        for data, run in zip(datas, runs, strict=True):
+            fold_result = read_fold(config, fit, arm, data, root, run, began)
+            log_metrics(
+                run,
+                {
+                    **fold_result_metrics(fold_result, config.threshold),
+                    "best_epoch": fold_result.best_epoch,
+                    "epochs": fold_result.epochs,
+                },
+                step=fold_result.epochs,
+            )
+            set_tags(run, {"checkpoint": fold_result.checkpoint})
+            results.append(fold_result)
+    return results
 
 
 def _run_params(
@@ -225,8 +250,8 @@ def check_cross_validation(config: FinetuneConfig) -> None:
 def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None) -> CVResult:
     """Fine-tune and evaluate every fold of every arm; write the report; register the model.
 
-    Starts a local Ray if none is connected. Folds run ``concurrent_folds`` at a time, each in
-    its own trainer (Ray queues those that do not fit the cluster's resources). ``parent``: an
+    Starts a local Ray if none is connected. Each trainer steps ``folds_per_trainer`` folds of
+    one arm (0: all of them); ``concurrent_folds`` trainers run at a time (Ray queues those that do not fit the cluster's resources). ``parent``: an
     MLflow run to nest this cross-validation's runs under (a sweep's final evaluation).
     """
     check_cross_validation(config)
@@ -286,27 +311,24 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     )
     with closing_runs(*every):
         data = {fold.index: fold_data(config, frames, fold) for fold in folds}
-        jobs = [(arm, fold) for fold in folds for arm in arms]
+        per = config.folds_per_trainer or len(folds)
+        jobs = [
+            (arm, [data[fold.index] for fold in folds[i : i + per]])
+            for i in range(0, len(folds), per)
+            for arm in arms
+        ]
         width = len(jobs) if config.concurrent_folds == 0 else config.concurrent_folds
 
-        def job(item: tuple[str, Fold]) -> FoldResult:
-            arm, fold = item
-            return train_fold(
-                config,
-                data[fold.index],
-                arm,
-                inits[arm],
-                scratch_model,
-                subjects,
-                root,
-                parents[arm],
-            )
+        def job(item: tuple[str, list[FoldData]]) -> list[FoldResult]:
+            arm, datas = item
+            start = (inits[arm], scratch_model)
+            return train_folds(config, datas, arm, start, subjects, root, parents[arm])
 
         if width > 1:
             with ThreadPoolExecutor(max_workers=width, thread_name_prefix="facs-fold") as pool:
-                results = list(pool.map(job, jobs))
+                results = [r for group in pool.map(job, jobs) for r in group]
         else:
-            results = [job(item) for item in jobs]
+            results = [r for item in jobs for r in job(item)]
         for fold_result in results:
             check_no_leakage(fold_result)
 

@@ -33,6 +33,7 @@ from training.finetune_worker import (
     PREDICTIONS_FILE,
     SUBJECTS_FILE,
     VAL_PREDICTIONS_FILE,
+    fold_part,
 )
 from training.metrics import au_metrics, tune_thresholds
 from training.tracking import (
@@ -122,6 +123,7 @@ def read_fold(
     fold_run: RunHandle,
     start: float,
 ) -> FoldResult:
+    """One fold's part (``fold<k>/``) of its trainer's final checkpoint."""
     fold = data.fold
     checkpoint = result.checkpoint
     if checkpoint is None or not Path(checkpoint.path).name.startswith(FINAL_PREFIX):
@@ -129,8 +131,8 @@ def read_fold(
             f"{arm} fold {fold.index}: the trainer ended without its final checkpoint "
             f"(got {checkpoint.path if checkpoint else None})"
         )
-    uri = root.uri_of(checkpoint.path)
-    location = Location.of(uri)
+    location = Location.of(root.uri_of(checkpoint.path)).join(fold_part(fold))
+    uri = location.uri
     state = load_checkpoint(uri)
     with np.load(_local_bytes(location.join(PREDICTIONS_FILE)), allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}

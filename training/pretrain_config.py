@@ -70,7 +70,7 @@ class PretrainConfig(TrainingJobConfig):
         default="constant",
         metadata={
             "help": "constant; step: lr x step_factors after step_epochs (the paper's); cosine: "
-            "to 0 at max_epochs"
+            "half a cosine to 0 at the step budget (max_steps, step by step), else at max_epochs"
         },
     )
     step_epochs: list[int] = field(
@@ -144,19 +144,28 @@ class PretrainConfig(TrainingJobConfig):
         return self.batch_size
 
 
-def lr_factor(config: PretrainConfig, epoch: int) -> float:
-    """Multiplier of ``config.lr`` during 0-based ``epoch``.
+def lr_factor(config: PretrainConfig, epoch: int, step: int = 0) -> float:
+    """Multiplier of ``config.lr`` during 0-based ``epoch``, after ``step`` optimizer steps.
 
-    ``constant``: 1. ``step``: 1 until ``step_epochs[0]`` epochs are done, then ``step_factors[0]``, and so on (the
-    paper's code: halve after 20 epochs, a tenth after 40). ``cosine``: half a cosine from 1 at
-    epoch 0 to 0 at ``max_epochs``.
+    ``constant``: 1. ``step``: 1 until ``step_epochs[0]`` epochs are done, then
+    ``step_factors[0]``, and so on (the paper's code: halve after 20 epochs, a tenth after 40).
+    ``cosine``: half a cosine from 1 to 0, over the step budget when there is one (set before
+    every step: a budget of a few thousand steps spans only a few epochs), else over
+    ``max_epochs``.
     """
     if config.schedule == "constant":
         return 1.0
     if config.schedule == "cosine":
+        if config.max_steps:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, config.max_steps) / config.max_steps))
         return 0.5 * (1.0 + math.cos(math.pi * epoch / config.max_epochs))
     factor = 1.0
     for boundary, step_factor in zip(config.step_epochs, config.step_factors, strict=True):
         if epoch >= boundary:
             factor = step_factor
     return factor
+
+
+def lr_per_step(config: PretrainConfig) -> bool:
+    """Whether the learning rate changes within an epoch (cosine over a step budget)."""
+    return config.schedule == "cosine" and bool(config.max_steps)

@@ -10,8 +10,8 @@ last partial window on exit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import ray.train
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -30,12 +30,25 @@ def node_name(node_rank: int) -> str:
 
 
 @contextmanager
-def node_system_metrics(run: RunHandle | None) -> Iterator[None]:
-    """Inside a Ray Train worker: sample this node into ``run`` while the block runs.
+def node_system_metrics(runs: RunHandle | Sequence[RunHandle | None] | None) -> Iterator[None]:
+    """Inside a Ray Train worker: sample this node into ``runs`` (each of them: a trainer that
+    steps several folds feeds each fold's run) while the block runs.
 
     Only the node's first worker (local rank 0) monitors; elsewhere, or without a run, a no-op.
     Monitoring never fails the training: an error is logged and the block runs unmonitored.
     """
+    if runs is None or isinstance(runs, RunHandle):
+        with _one_run(runs):
+            yield
+        return
+    with ExitStack() as stack:
+        for run in runs:
+            stack.enter_context(_one_run(run))
+        yield
+
+
+@contextmanager
+def _one_run(run: RunHandle | None) -> Iterator[None]:
     context = ray.train.get_context()
     if run is None or context.get_local_rank() != 0:
         yield

@@ -49,7 +49,7 @@ from training.engine import (
 )
 from training.metrics import au_metrics
 from training.model import build_model
-from training.pretrain_config import PretrainConfig, lr_factor
+from training.pretrain_config import PretrainConfig, lr_factor, lr_per_step
 from training.system_metrics import node_system_metrics
 from training.tracking import RunHandle, log_metrics
 
@@ -166,7 +166,7 @@ def train_with(setup: WorkerSetup) -> None:
     for epoch in range(first_epoch, config.max_epochs + 1):
         epoch_start = time.perf_counter()
         env.seed_epoch(config.seed, epoch)
-        lr = config.lr * lr_factor(config, epoch - 1)
+        lr = config.lr * lr_factor(config, epoch - 1, progress.steps)
         set_lr(optimizer, lr)
         stats = train_epoch(
             model,
@@ -176,7 +176,7 @@ def train_with(setup: WorkerSetup) -> None:
             loss_fn,
             env,
             pixel_mean=setup.pixel_mean,
-            on_step=step_hook(setup, env, epoch),
+            on_step=step_hook(setup, env, epoch, optimizer, progress.steps),
         )
         if stats.steps == 0:
             raise RuntimeError(
@@ -232,13 +232,23 @@ def train_batches(
     return epoch_batches(shard, options, env.device, limit, config.min_steps_per_epoch)
 
 
-def step_hook(setup: WorkerSetup, env: WorkerEnv, epoch: int):
-    """Per step: the test-only fault injection, and a progress line every ``log_every`` steps."""
+def step_hook(
+    setup: WorkerSetup,
+    env: WorkerEnv,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    steps_before: int,
+):
+    """Per step: the test-only fault injection, the next step's learning rate (a per-step
+    schedule), and a progress line every ``log_every`` steps."""
     config = setup.config
+    per_step = lr_per_step(config)
 
     def on_step(stats: EpochStats, loss: torch.Tensor) -> None:
         if stats.steps == 1:
             inject_failure(setup, epoch, env.rank)
+        if per_step:
+            set_lr(optimizer, config.lr * lr_factor(config, epoch - 1, steps_before + stats.steps))
         if config.log_every and env.rank == 0 and stats.steps % config.log_every == 0:
             log.info(
                 f"{PRODUCT_TAG} pretrain epoch %d step %d loss %.4f",

@@ -43,6 +43,7 @@ from tune.demo_setup import (
     Progress,
     connect_ray,
     cpus_per_worker,
+    fine_tuning_trainers,
     finetune_cpus,
     prepare_workdir,
     read_recipe,
@@ -293,8 +294,11 @@ def finetune(demo: DemoContext, disfa: Any, pretrained: Any) -> Any:
                 compare_init=True,
                 folds=3,
                 workers=1,
-                cpus_per_worker=finetune_cpus(demo.cpus, scale.concurrent_folds, demo.use_gpu),
+                cpus_per_worker=finetune_cpus(
+                    demo.cpus, scale.concurrent_folds, demo.use_gpu, fine_tuning_trainers(scale)
+                ),
                 concurrent_folds=scale.concurrent_folds,
+                folds_per_trainer=scale.folds_per_trainer,
                 max_epochs=scale.finetune_epochs,
                 patience=scale.finetune_patience,
                 batches_per_epoch=scale.finetune_batches_per_epoch,

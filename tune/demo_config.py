@@ -25,6 +25,8 @@ class DemoScale:
     finetune_batches_per_epoch: int | None
     batch_size: int
     concurrent_folds: int
+    #: Folds one fine-tuning trainer steps in lock-step (0 = an arm's every fold).
+    folds_per_trainer: int
     plots: bool
     #: Measured minutes on a 2-core CPU machine (what the demo announces up front).
     minutes_on_2_cores: float
@@ -39,25 +41,29 @@ SCALES: dict[str, DemoScale] = {
         people=24, images_per_person=4, disfa_subjects=6, disfa_frames=12, disfa_stride=45,
         width=0.125, pretrain_workers=2, pretrain_steps=2,
         finetune_epochs=1, finetune_patience=1, finetune_batches_per_epoch=2,
-        batch_size=16, concurrent_folds=0, plots=False, minutes_on_2_cores=3.0,
+        batch_size=16, concurrent_folds=0, folds_per_trainer=0, plots=False,
+        minutes_on_2_cores=3.0,
     ),
     "small": DemoScale(
         people=300, images_per_person=10, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
         width=0.125, pretrain_workers=2, pretrain_steps=2000,
         finetune_epochs=12, finetune_patience=6, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=15.5,
+        batch_size=32, concurrent_folds=2, folds_per_trainer=0, plots=True,
+        minutes_on_2_cores=15.5,
     ),
     "medium": DemoScale(
         people=1000, images_per_person=12, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
         width=0.25, pretrain_workers=2, pretrain_steps=8000,
         finetune_epochs=20, finetune_patience=5, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=2, plots=True, minutes_on_2_cores=90.0,
+        batch_size=32, concurrent_folds=2, folds_per_trainer=0, plots=True,
+        minutes_on_2_cores=90.0,
     ),
     "paper": DemoScale(
         people=2000, images_per_person=80, disfa_subjects=27, disfa_frames=4845, disfa_stride=1,
         width=1.0, pretrain_workers=4, pretrain_steps=100_000,
         finetune_epochs=100, finetune_patience=10, finetune_batches_per_epoch=None,
-        batch_size=32, concurrent_folds=0, plots=True, minutes_on_2_cores=60000.0,
+        batch_size=32, concurrent_folds=0, folds_per_trainer=1, plots=True,
+        minutes_on_2_cores=60000.0,
     ),
 }  # fmt: skip
 
@@ -157,7 +163,11 @@ class DemoConfig:
     )
     batch_size: int | None = field(default=None, metadata=_override("samples per step per worker"))
     concurrent_folds: int | None = field(
-        default=None, metadata=_override("fold trainers running at once (0 = all)")
+        default=None, metadata=_override("fine-tuning trainers running at once (0 = all)")
+    )
+    folds_per_trainer: int | None = field(
+        default=None,
+        metadata=_override("folds one fine-tuning trainer steps in lock-step (0 = all of an arm)"),
     )
 
     def __post_init__(self) -> None:
@@ -188,6 +198,10 @@ class DemoConfig:
             (scale.finetune_epochs >= 1, f"finetune_epochs >= 1, got {scale.finetune_epochs}"),
             (scale.batch_size >= 1, f"batch_size >= 1, got {scale.batch_size}"),
             (scale.concurrent_folds >= 0, f"concurrent_folds >= 0, got {scale.concurrent_folds}"),
+            (
+                scale.folds_per_trainer >= 0,
+                f"folds_per_trainer >= 0, got {scale.folds_per_trainer}",
+            ),
         ]
         for ok, expected in checks:
             if not ok:

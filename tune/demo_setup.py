@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import pyarrow.fs as pafs
 
 from pipeline.storage import Location, is_s3
-from tune.demo_config import DemoConfig
+from tune.demo_config import DemoConfig, DemoScale
 
 #: The marker that makes a work dir the demo's own (only then are its data folders replaced).
 MARKER = "facs-demo.json"
@@ -170,12 +170,18 @@ def cpus_per_worker(resources: dict[str, float], workers: int, use_gpu: bool) ->
     return 1.0 if resources.get("CPU", 0) >= 2 * workers else 0.5
 
 
-def finetune_cpus(cpus: int, concurrent_folds: int, use_gpu: bool, trainers: int = 6) -> float:
-    """CPUs per fold trainer: the cluster's CPUs shared by the trainers that run at once.
+def fine_tuning_trainers(scale: DemoScale, folds: int = 3, arms: int = 2) -> int:
+    """How many trainers the demo's fine-tuning starts: per arm, its folds in groups of
+    ``folds_per_trainer`` (0 = one group)."""
+    per = scale.folds_per_trainer or folds
+    return arms * math.ceil(folds / per)
 
-    On few cores the demo starts all six (3 folds x 2 arms) at once: each trainer's start (a
-    controller and a worker process importing torch, Ray Train, MLflow: about 10 CPU-seconds)
-    then overlaps the others' training instead of adding up round after round.
+
+def finetune_cpus(cpus: int, concurrent_folds: int, use_gpu: bool, trainers: int = 6) -> float:
+    """CPUs per fine-tuning trainer: the cluster's CPUs shared by the trainers that run at once.
+
+    Each trainer's start (a controller and a worker process importing torch, Ray Train, MLflow:
+    about 10 CPU-seconds) overlaps the others' training when they run at once.
     """
     if use_gpu:
         return 1.0
