@@ -22,6 +22,7 @@ import ray
 
 from pipeline.bios import read_biographies
 from pipeline.corpus.config import CorpusBuildConfig
+from pipeline.corpus.ledger import HASH_DTYPE, BuildLedger, packed_hashes
 from pipeline.corpus.manifest import (
     CorpusError,
     Manifest,
@@ -54,39 +55,20 @@ from pipeline.vocabulary import OPENFACE_AUS
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
-class BuildLedger:
-    """Counts rows entering the workers and claims content hashes so each image is kept once."""
-
-    def __init__(self, known_hashes: list[str]):
-        self.seen: set[str] = set(known_hashes)
-        self.rows_in = 0
-
-    def claim(self, hashes: list[str | None]) -> list[bool]:
-        """For each hash (None = already rejected row): True when this row is the first copy."""
-        self.rows_in += len(hashes)
-        first = []
-        for value in hashes:
-            if value is None:
-                first.append(True)
-            elif value in self.seen:
-                first.append(False)
-            else:
-                self.seen.add(value)
-                first.append(True)
-        return first
-
-    def rows(self) -> int:
-        return self.rows_in
-
-
 class CorpusRowMaker:
     """The per-worker stage: face crop, content hash, labels, person attributes, split, dedup."""
 
-    def __init__(self, config: CorpusBuildConfig, labeler: Labeler | None, people: dict, ledger):
+    def __init__(
+        self,
+        config: CorpusBuildConfig,
+        labeler: Labeler | ray.ObjectRef | None,
+        people: dict,
+        ledger,
+    ):
         self.faces = FaceProcessor(config.face)
         self.face_size = config.face.size
-        self.labeler = labeler
+        # A label table arrives through the object store: its arrays are shared, not copied.
+        self.labeler = ray.get(labeler) if isinstance(labeler, ray.ObjectRef) else labeler
         self.people = people
         self.ledger = ledger
 
@@ -212,15 +194,16 @@ def _records(config: CorpusBuildConfig) -> tuple[ray.data.Dataset, ExpectedRows]
     return (parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])), expected
 
 
-def _known_hashes(corpus: str, manifest: Manifest) -> list[str]:
+def _known_hashes(corpus: str, manifest: Manifest) -> np.ndarray:
+    """The content hashes of every image the corpus holds, packed (16 bytes each)."""
+    parts = [np.zeros(0, HASH_DTYPE)]
     if not manifest.versions:
-        return []
+        return parts[0]
     root = Location.of(corpus)
-    hashes: list[str] = []
     for path in manifest.data_files():
         table = pq.read_table(root.join(path).path, columns=["content_hash"], filesystem=root.fs)
-        hashes.extend(table.column("content_hash").to_pylist())
-    return hashes
+        parts.append(packed_hashes(table.column("content_hash").to_pylist()))
+    return np.unique(np.concatenate(parts))
 
 
 def _count_written(location: Location) -> tuple[list[str], int]:
@@ -318,7 +301,7 @@ def build_version(
         write_by_status(
             records,
             CorpusRowMaker,
-            (config, labeler, people, ledger),
+            (config, ray.put(labeler) if labeler is not None else None, people, ledger),
             staging,
             workers=workers,
             batch_size=config.batch_size,

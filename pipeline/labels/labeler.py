@@ -70,20 +70,29 @@ class TableLabeler(Labeler):
     ``label_reject`` keeps it (its AUs are ``NO_LABEL``). When several rows share a key the first
     (in table order, then row order) wins; ``duplicate_keys`` counts the rows that lost.
 
-    State is columnar (an Arrow key array, an int8 AU matrix and small code arrays), so pickling
-    to Ray workers is cheap; the key -> row hash index is built on first lookup in each process.
+    State is NumPy arrays (the key index, an int8 AU matrix and small code arrays): built once,
+    put into Ray's object store once, read zero-copy by every worker.
     """
 
     duplicate_keys: int  # rows dropped because an earlier row had the same image key
 
     def __init__(self, table: pa.Table, *, name: str | None = None) -> None:
         table = _conform(table)
-        keys = pa.array([image_key(n) for n in table["image_name"].to_pylist()], pa.string())
+        names = table["image_name"]
+        keys = pa.concat_arrays(
+            [pa.array([], pa.string())]
+            + [
+                pa.array(
+                    [image_key(n) for n in names.slice(i, HASH_CHUNK).to_pylist()], pa.string()
+                )
+                for i in range(0, len(names), HASH_CHUNK)
+            ]
+        )
         numbered = pa.table({"key": keys, "row": pa.array(np.arange(len(keys), dtype=np.int64))})
         first = np.sort(numbered.group_by("key").aggregate([("row", "min")])["row_min"].to_numpy())
         self.duplicate_keys = len(keys) - len(first)
         table = table.take(pa.array(first))
-        self._keys = keys.take(pa.array(first))
+        self._index = KeyIndex(keys.take(pa.array(first)))
         self._au = np.column_stack(
             [table[au].fill_null(NO_LABEL).to_numpy().astype(np.int8) for au in OPENFACE_AUS]
         ).reshape(table.num_rows, len(OPENFACE_AUS))
@@ -91,7 +100,6 @@ class TableLabeler(Labeler):
         self._source_codes, self._sources = _encode(table["label_source"])
         self._reject_codes, self._rejects = _encode(table["label_reject"])
         self.name = name if name is not None else "+".join(self._sources[:-1]) or "table"
-        self._index: KeyIndex | None = None
 
     @classmethod
     def from_tables(cls, tables: Sequence[pa.Table], *, name: str | None = None) -> TableLabeler:
@@ -102,20 +110,13 @@ class TableLabeler(Labeler):
 
     def __len__(self) -> int:
         """The number of distinct image keys with a label row."""
-        return len(self._keys)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_index"] = None  # rebuilt lazily on the worker
-        return state
+        return len(self._index.order)
 
     def label_batch(
         self, image_names: Sequence[str], faces: np.ndarray | None = None
     ) -> LabelBatch:
         if faces is not None and len(faces) != len(image_names):
             raise ValueError(f"{len(image_names)} image names but {len(faces)} faces")
-        if self._index is None:
-            self._index = KeyIndex(self._keys)
         rows = self._index.rows([image_key(name) for name in image_names])
         found = rows >= 0
         au = np.full((len(rows), len(OPENFACE_AUS)), NO_LABEL, dtype=np.int8)
@@ -137,18 +138,41 @@ def _key_hashes(keys: Sequence[str]) -> np.ndarray:
     )
 
 
+#: Keys turned into Python strings at a time while an index is built (bounds its memory).
+HASH_CHUNK = 65_536
+
+
 class KeyIndex:
     """Row of each key in a string array: sorted 64-bit hashes, each match checked on the key.
 
-    16 bytes a key on top of the Arrow array: a label table of millions of rows is held by every
-    build worker, where a hash index of Python strings took about 10x that.
+    Built once (by the driver) and held as NumPy arrays only: the keys' UTF-8 bytes and offsets,
+    16 bytes a key for the hashes and their order. Shipped through Ray's object store, the arrays
+    are shared by every build worker instead of copied into each (a label table of millions of
+    rows otherwise costs each worker its own copy, and its own index build).
     """
 
     def __init__(self, keys: pa.Array) -> None:
-        self.keys = keys
-        hashes = _key_hashes(keys.to_pylist())
+        keys = pc.cast(keys, pa.large_string()) if len(keys) else pa.array([], pa.large_string())
+        offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[
+            keys.offset : keys.offset + len(keys) + 1
+        ]
+        data = keys.buffers()[2]
+        self.data = (
+            np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+        )
+        self.offsets = offsets.copy()
+        hashes = np.concatenate(
+            [np.zeros(0, np.uint64)]
+            + [
+                _key_hashes(keys.slice(start, HASH_CHUNK).to_pylist())
+                for start in range(0, len(keys), HASH_CHUNK)
+            ]
+        )
         self.order = np.argsort(hashes, kind="stable")
         self.sorted = hashes[self.order]
+
+    def key(self, row: int) -> str:
+        return self.data[self.offsets[row] : self.offsets[row + 1]].tobytes().decode("utf-8")
 
     def rows(self, names: Sequence[str]) -> np.ndarray:
         """Each name's row in ``keys``, or -1."""
@@ -161,7 +185,7 @@ class KeyIndex:
             j = at[i]
             while j < len(self.sorted) and self.sorted[j] == wanted[i]:  # equal hashes: check keys
                 row = int(self.order[j])
-                if self.keys[row].as_py() == names[i]:
+                if self.key(row) == names[i]:
                     result[i] = row
                     break
                 j += 1
