@@ -112,3 +112,39 @@ def test_split_is_about_five_percent_by_identity_and_stable():
     splits = [split_of(i) for i in identities]
     assert 0.04 < splits.count("val") / len(splits) < 0.06
     assert splits == [split_of(i) for i in identities]
+
+
+def test_dictionary_encoded_shards_choose_the_rows_plain_strings_choose():
+    """make_subset reads shards with dictionary-encoded columns (each shard its own dictionary):
+    the same rows must be chosen as from plain strings."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 400, 6000)
+    gender_of = rng.choice(["female", "male", "unknown"], 400, p=[0.45, 0.45, 0.1])
+    region_of = rng.choice(["europe", "asia", "africa"], 400)
+    plain = pa.table(
+        {
+            "identity": [f"m.{i}" for i in ids],
+            "gender": list(gender_of[ids]),
+            "region": list(region_of[ids]),
+        }
+    )
+    shards = [
+        pa.table(
+            {
+                c: pa.array(plain[c].to_pylist()[i : i + 1000]).dictionary_encode()
+                for c in plain.column_names
+            }
+        )
+        for i in range(0, len(ids), 1000)
+    ]
+    coded = pa.concat_tables(shards)
+    for spec in (
+        {"images": 1500},
+        {"identities": 40},
+        {"images": 200, "identities": 20},
+        {"images": 900, "balance": "region"},
+    ):
+        config = SubsetConfig(corpus="x", **spec)
+        expected = choose_rows(plain, config)
+        assert len(expected) > 0
+        assert np.array_equal(choose_rows(coded, config), expected), spec

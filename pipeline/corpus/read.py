@@ -27,22 +27,51 @@ def version_files(corpus: str, version: int | None = None) -> tuple[Location, li
 
 
 def iter_metadata_tables(
-    corpus: str, version: int | None = None, columns: list[str] | None = None
+    corpus: str,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    dictionary: bool = False,
 ) -> Iterator[pa.Table]:
     """The version's accepted rows without the ``face`` column (unless asked for), one shard at
-    a time: what a scan of a corpus of millions of rows holds at once is one shard's columns."""
+    a time: what a scan of a corpus of millions of rows holds at once is one shard's columns.
+    ``dictionary``: string columns dictionary-encoded (codes a row, each value once a shard)."""
     root, files = version_files(corpus, version)
     if not files:
         raise CorpusError(f"version {version or 'latest'} of {corpus} has no accepted rows")
+    columns = columns or METADATA_COLUMNS
     for path in files:
-        yield pq.read_table(path, columns=columns or METADATA_COLUMNS, filesystem=root.fs)
+        yield pq.read_table(
+            path,
+            columns=columns,
+            filesystem=root.fs,
+            read_dictionary=columns if dictionary else None,
+        )
 
 
 def read_metadata_table(
-    corpus: str, version: int | None = None, columns: list[str] | None = None
+    corpus: str,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    dictionary: bool = False,
 ) -> pa.Table:
     """The version's accepted rows without the ``face`` column (unless asked for), in one table."""
-    return pa.concat_tables(iter_metadata_tables(corpus, version, columns))
+    return pa.concat_tables(iter_metadata_tables(corpus, version, columns, dictionary))
+
+
+def take_rows(corpus: str, version: int | None, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """``columns`` of the version's accepted rows numbered ``rows`` (0-based, in the order of
+    :func:`read_metadata_table`), read shard by shard: only the chosen rows are held."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    parts, start = [], 0
+    for table in iter_metadata_tables(corpus, version, columns):
+        stop = start + table.num_rows
+        lo, hi = np.searchsorted(rows, [start, stop])
+        if hi > lo:
+            parts.append(table.take(pa.array(rows[lo:hi] - start)))
+        start = stop
+    if len(rows) and (rows[-1] >= start or rows[0] < 0):
+        raise CorpusError(f"rows {rows[0]}..{rows[-1]} are outside the version's {start} rows")
+    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([]) for c in columns})
 
 
 def labelled_counts(

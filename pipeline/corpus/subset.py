@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, save_manifest
-from pipeline.corpus.read import read_metadata_table
+from pipeline.corpus.read import read_metadata_table, take_rows
 from pipeline.run_storage import check_kept
 from pipeline.storage import Location
 
@@ -69,21 +69,44 @@ def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
     return quota
 
 
+def _coded(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str | None]]:
+    """A string column as codes (``-1`` = null) into its distinct values."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    if isinstance(column, pa.ChunkedArray):
+        column = (
+            column.unify_dictionaries().combine_chunks()
+            if column.num_chunks
+            else (pa.array([], column.type))
+        )
+    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    return codes, column.dictionary.to_pylist()
+
+
 def _values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A string column as an object array in which equal values are one Python object: a
     million rows of a few thousand people cost a pointer a row, not a string a row."""
-    encoded = pc.dictionary_encode(column)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    lookup = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
-    return lookup[encoded.indices.fill_null(-1).to_numpy()]
+    codes, values = _coded(column)
+    return np.array(values + [None], dtype=object)[codes]
 
 
 def _strata(table: pa.Table, balance: str) -> np.ndarray:
     if balance == "gender":
         return _values(table.column("gender"))
-    joined = pc.binary_join_element_wise(table.column("gender"), table.column("region"), "|")
-    return _values(joined)
+    genders, gender_values = _coded(table.column("gender"))
+    regions, region_values = _coded(table.column("region"))
+    # The few distinct gender|region pairs are joined once, not once a row.
+    width = len(region_values) + 1
+    names = np.array(
+        [f"{g}|{r}" for g in gender_values + [None] for r in region_values + [None]], dtype=object
+    )
+    return names[(genders % (len(gender_values) + 1)) * width + regions % width]
+
+
+def _usable(strata: np.ndarray) -> np.ndarray:
+    """Rows whose gender is one a balanced subset counts (decided once per distinct stratum)."""
+    decided = {s: s is not None and s.split("|")[0] in BALANCED_GENDERS for s in set(strata)}
+    return np.fromiter((decided[s] for s in strata), bool, len(strata))
 
 
 def _gender_quota(capacity: dict[str, int], total: int, balance: str) -> dict[str, int]:
@@ -129,7 +152,7 @@ def choose_rows(table: pa.Table, config: SubsetConfig) -> np.ndarray:
     _check_sizes(config)
     rng = np.random.default_rng(config.seed)
     strata = _strata(table, config.balance)
-    usable = np.array([s.split("|")[0] in BALANCED_GENDERS for s in strata])
+    usable = _usable(strata)
     if config.images is not None and config.identities is not None:
         return _people_at_budget(table, config, strata, usable, rng)
     if config.images is not None:
@@ -204,14 +227,14 @@ def make_subset(config: SubsetConfig) -> SubsetEntry:
     manifest = load_manifest(config.corpus)
     version = manifest.latest if config.version is None else config.version
     manifest.entries_up_to(version)  # raises for a version that does not exist
-    # Only what choosing and the subset file need: the names would double what a scan holds.
+    # Choosing reads three columns of every row, dictionary-encoded (a few bytes a row); the
+    # subset file's columns are then read for the chosen rows alone, shard by shard.
     table = read_metadata_table(
-        config.corpus, version, ["content_hash", "identity", "gender", "region", "split"]
+        config.corpus, version, ["identity", "gender", "region"], dictionary=True
     )
     rows = choose_rows(table, config)
-    chosen = table.take(pa.array(rows, type=pa.int64())).select(
-        ["content_hash", "identity", "split"]
-    )
+    del table
+    chosen = take_rows(config.corpus, version, rows, ["content_hash", "identity", "split"])
     what = "-".join(
         f"{key}-{value}"
         for key, value in (("identities", config.identities), ("images", config.images))
