@@ -26,7 +26,13 @@ from typing import Any, TextIO
 #: The mark of the product's own lines, wherever they are printed.
 PRODUCT_TAG = "[facs]"
 
-_QUIET_LOGGERS = ("ray.data", "mlflow.store", "mlflow.utils.requirements_utils", "alembic")
+_QUIET_LOGGERS = (
+    "ray.data",
+    "ray._private.authentication",  # "token authentication is enabled": facs always enables it
+    "mlflow.store",
+    "mlflow.utils.requirements_utils",
+    "alembic",
+)
 
 _state: dict[str, Any] = {"path": None, "file": None, "announced": False}
 _lock = threading.Lock()
