@@ -41,7 +41,7 @@ import ray.train.torch
 
 from pipeline.disfa import DisfaFrames, Fold, make_folds, prepare_disfa
 from pipeline.ray_runtime import ensure_ray
-from pipeline.run_storage import check_defaults_reachable, output_location
+from pipeline.run_storage import output_location
 from pipeline.storage import Location
 from training.evaluate import (
     evaluate_folds,
@@ -64,6 +64,7 @@ from training.labeler_eval import evaluate_labeler
 from training.model import ModelConfig
 from training.tracking import (
     RunHandle,
+    check_default_locations,
     closing_runs,
     create_run,
     git_commit,
@@ -71,8 +72,6 @@ from training.tracking import (
     log_params,
     resolve_tracking_uri,
     set_tags,
-    store_path,
-    uses_default_store,
 )
 from training.trainer_config import torch_trainer
 
@@ -260,13 +259,11 @@ def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None
     config = replace(config, storage_path=storage_uri(config))
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
     ensure_ray()
-    check_defaults_reachable(
-        {
-            "--storage-path": config.storage_path if default_storage else None,
-            "--mlflow-uri": store_path(tracking_uri)
-            if uses_default_store(config.mlflow_uri)
-            else None,
-        }
+    check_default_locations(
+        "--storage-path",
+        config.storage_path if default_storage else None,
+        config.mlflow_uri,
+        tracking_uri,
     )
     frames, folds = prepared_folds(config)
     inits, scratch_model = arm_inits(config, tracking_uri)

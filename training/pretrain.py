@@ -23,7 +23,7 @@ import ray
 import ray.train
 
 from pipeline.ray_runtime import ensure_ray
-from pipeline.run_storage import check_defaults_reachable, output_location
+from pipeline.run_storage import output_location
 from pipeline.storage import Location
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
 from training.data import cached_if_fits, corpus_splits, pixel_mean
@@ -43,6 +43,7 @@ from training.pretrain_inputs import (
 from training.tracking import (
     DatasetRef,
     RunHandle,
+    check_default_locations,
     closing_runs,
     create_run,
     git_commit,
@@ -50,8 +51,6 @@ from training.tracking import (
     log_params,
     reopen_run,
     resolve_tracking_uri,
-    store_path,
-    uses_default_store,
 )
 from training.train_loop import WorkerSetup, train_worker
 from training.trainer_config import torch_trainer
@@ -187,13 +186,8 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     run_dir = root.join(name)
     ensure_ray()
     tracking_uri = resolve_tracking_uri(config.mlflow_uri)
-    check_defaults_reachable(
-        {
-            "--storage-path": root.uri if default_storage else None,
-            "--mlflow-uri": store_path(tracking_uri)
-            if uses_default_store(config.mlflow_uri)
-            else None,
-        }
+    check_default_locations(
+        "--storage-path", root.uri if default_storage else None, config.mlflow_uri, tracking_uri
     )
     datasets = corpus_splits(facts.uri, facts.version, facts.subset, file_order_seed=config.seed)
     if config.cache_data:

@@ -29,10 +29,12 @@ class PretrainConfig(TrainingJobConfig):
         metadata={"help": "stop after this many epochs without a lower val loss (0 = never)"},
     )
     cache_data: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "read the corpus once into Ray's object store when it fills at most half of it "
-            "instead of streaming it from storage every epoch"
+            "help": "read the corpus (or subset) once into Ray's object store when it fills at "
+            "most half of it, instead of streaming and filtering it from storage every epoch; a "
+            "larger one streams (measured: a 2,000-image subset, streamed, spent 30 to 75 percent of "
+            "each epoch waiting for data)"
         },
     )
     max_failures: int = field(

@@ -30,7 +30,12 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.run_storage import RunStorageError, check_kept, temporary_folder
+from pipeline.run_storage import (
+    RunStorageError,
+    check_defaults_reachable,
+    check_kept,
+    temporary_folder,
+)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
@@ -102,6 +107,20 @@ def store_path(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("file://"):
         return tracking_uri[len("file://") :]
     return None
+
+
+def check_default_locations(
+    flag: str, default_output: str | None, mlflow_uri: str | None, tracking_uri: str
+) -> None:
+    """After Ray has started: a job's default output folder (``default_output``, ``None`` when
+    ``flag`` was given) and the default MLflow store must be reachable by every node
+    (``pipeline.run_storage.check_defaults_reachable``)."""
+    check_defaults_reachable(
+        {
+            flag: default_output,
+            "--mlflow-uri": store_path(tracking_uri) if uses_default_store(mlflow_uri) else None,
+        }
+    )
 
 
 def resolve_registry_uri(tracking_uri: str) -> str:

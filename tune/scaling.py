@@ -27,19 +27,9 @@ from typing import Any
 from pipeline.corpus.manifest import load_manifest
 from pipeline.disfa import prepare_disfa
 from pipeline.ray_runtime import ensure_ray
-from pipeline.run_storage import check_defaults_reachable, check_kept, output_location
+from pipeline.run_storage import check_kept, output_location
 from pipeline.storage import Location
-from training.tracking import (
-    RunHandle,
-    closing_runs,
-    create_run,
-    git_commit,
-    log_metrics,
-    log_params,
-    resolve_tracking_uri,
-    store_path,
-    uses_default_store,
-)
+from training import tracking
 from tune.scaling_config import ScalingStudyConfig
 from tune.scaling_plan import PlannedPoint, plan_points, write_subsets
 from tune.scaling_point import PointResult, run_point, shared_finetune, shared_pretrain
@@ -70,12 +60,12 @@ class ScalingResult:
         return sorted((p for p in self.points if axis in p.axes), key=lambda p: p.x(axis))
 
 
-def log_curves(parent: RunHandle, points: list[PointResult]) -> None:
+def log_curves(parent: tracking.RunHandle, points: list[PointResult]) -> None:
     """The curves as parent-run metrics stepped by size, so MLflow's charts draw Figures 3 and 4."""
     for axis, label in (("images", "images"), ("identities", "people")):
         for point in (p for p in points if axis in p.axes):
             for metric in ("f1", "pr_auc", "roc_auc"):
-                log_metrics(
+                tracking.log_metrics(
                     parent,
                     {f"{label}_{metric}_mean_paper8": point.mean(metric)},
                     step=point.x(axis),
@@ -99,7 +89,7 @@ def check_scaling(config: ScalingStudyConfig) -> tuple[int, list[PlannedPoint]]:
         )
     check_kept(config.corpus, "--corpus")  # the subsets are written into the corpus
     output_uri(config)
-    resolve_tracking_uri(config.mlflow_uri)
+    tracking.resolve_tracking_uri(config.mlflow_uri)
     manifest = load_manifest(config.corpus)
     version = manifest.latest if config.corpus_version is None else config.corpus_version
     manifest.entries_up_to(version)  # raises for a version that does not exist
@@ -122,28 +112,27 @@ def run_scaling(config: ScalingStudyConfig) -> ScalingResult:
             f"scaling experiment {name!r} already has a report at {root.uri}: choose another "
             "--run-name"
         )
-    tracking_uri = resolve_tracking_uri(config.mlflow_uri)
+    tracking_uri = tracking.resolve_tracking_uri(config.mlflow_uri)
     pretrain = shared_pretrain(config, version, root, tracking_uri)
     finetune = shared_finetune(config, root, tracking_uri)
     ensure_ray()
-    check_defaults_reachable(
-        {
-            "--output": config.output if default_output else None,
-            "--mlflow-uri": store_path(tracking_uri)
-            if uses_default_store(config.mlflow_uri)
-            else None,
-        }
+    tracking.check_default_locations(
+        "--output", config.output if default_output else None, config.mlflow_uri, tracking_uri
     )
     frames = prepare_disfa(config.disfa)  # once, before the points share its cache
     write_subsets(config, version, points)
 
-    parent = create_run(
+    parent = tracking.create_run(
         tracking_uri,
         config.experiment,
         name,
-        tags={"facs.stage": "scaling", "facs.run_name": name, "git_commit": git_commit()},
+        tags={
+            "facs.stage": "scaling",
+            "facs.run_name": name,
+            "git_commit": tracking.git_commit(),
+        },
     )
-    log_params(
+    tracking.log_params(
         parent,
         {
             "corpus": config.corpus,
@@ -166,7 +155,7 @@ def run_scaling(config: ScalingStudyConfig) -> ScalingResult:
         + f"; MLflow {tracking_uri}",
         flush=True,
     )
-    with closing_runs(parent):
+    with tracking.closing_runs(parent):
 
         def job(point: PlannedPoint) -> PointResult:
             return run_point(
@@ -226,7 +215,9 @@ def experiment_facts(config: ScalingStudyConfig, result: ScalingResult) -> dict[
     }
 
 
-def report(config: ScalingStudyConfig, result: ScalingResult, parent: RunHandle) -> list[str]:
+def report(
+    config: ScalingStudyConfig, result: ScalingResult, parent: tracking.RunHandle
+) -> list[str]:
     """Write the tables, figures and ``scaling.json`` under ``<run>/report`` and on the parent run."""
     target = Location.of(result.report_uri)
     with tempfile.TemporaryDirectory(prefix="facs-scaling-") as local:

@@ -34,20 +34,19 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.ray_runtime import ensure_ray, require_state_api
-from pipeline.run_storage import check_defaults_reachable, output_location
+from pipeline.run_storage import output_location
 from pipeline.storage import Location, is_s3
 from training.finetune import arm_inits, prepared_folds
 from training.finetune_data import fold_data
 from training.tracking import (
     RunHandle,
+    check_default_locations,
     closing_runs,
     create_run,
     git_commit,
     log_params,
     reopen_run,
     resolve_tracking_uri,
-    store_path,
-    uses_default_store,
 )
 from tune.sweep_callbacks import InterruptAfter, MlflowTrialRuns
 from tune.sweep_config import SweepConfig
@@ -140,13 +139,11 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     # A trial that ASHA stops is killed with its Ray Train controller; Ray Train then frees the
     # run's placement group only if it can see the controller is gone, through the State API.
     require_state_api("facs tune (trials stopped early by ASHA)")
-    check_defaults_reachable(
-        {
-            "--storage-path": config.storage_path if default_storage else None,
-            "--mlflow-uri": store_path(tracking_uri)
-            if uses_default_store(config.mlflow_uri or base.mlflow_uri)
-            else None,
-        }
+    check_default_locations(
+        "--storage-path",
+        config.storage_path if default_storage else None,
+        config.mlflow_uri or base.mlflow_uri,
+        tracking_uri,
     )
     name = config.name or "tune-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Location.of(config.storage_path)
