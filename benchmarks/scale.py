@@ -62,6 +62,18 @@ CROP_SIDE = 96
 GOALS = {"memory_1m_vs_100k_max": 1.3, "build_rows_per_s_1m_vs_100k_min": 0.9}
 
 
+def process_kind(process: psutil.Process) -> str:
+    """A short name for what a process is: the CLI, a Ray daemon, or a Ray worker's task."""
+    name = process.name()
+    if name.startswith("ray::"):
+        return name.split("(")[0]
+    line = " ".join(process.cmdline()[:3])
+    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if daemon in line:
+            return daemon
+    return "cli" if "cluster.cli" in line else name
+
+
 class TreeMemory:
     """Peak PSS summed over a process and all its descendants, sampled every ``every`` s."""
 
@@ -69,25 +81,31 @@ class TreeMemory:
         self.root = psutil.Process(pid)
         self.every = every
         self.peak = 0
+        #: PSS by kind of process at the peak sample (what grows with the corpus, and where).
+        self.peak_parts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
-        total = 0
+    def _sample(self) -> dict[str, int]:
+        parts: dict[str, int] = {}
         try:
             processes = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0
+            return parts
         for process in processes:
             try:
-                total += process.memory_full_info().pss
+                pss = process.memory_full_info().pss
+                kind = process_kind(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        return total
+            parts[kind] = parts.get(kind, 0) + pss
+        return parts
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            parts = self._sample()
+            if sum(parts.values()) > self.peak:
+                self.peak, self.peak_parts = sum(parts.values()), parts
             self._stop.wait(self.every)
 
     def __enter__(self) -> TreeMemory:
@@ -124,7 +142,15 @@ class Runner:
         if code:
             raise SystemExit(f"[scale] failed ({code}): {text}; see {self.log}")
         print(f"[scale]   {seconds:.0f} s, peak {memory.peak / 2**30:.2f} GiB", flush=True)
-        return {"command": text, "seconds": round(seconds, 1), "peak_memory_gb": memory.peak / 1e9}
+        return {
+            "command": text,
+            "seconds": round(seconds, 1),
+            "peak_memory_gb": memory.peak / 1e9,
+            "peak_by_process_gb": {
+                kind: round(pss / 1e9, 3)
+                for kind, pss in sorted(memory.peak_parts.items(), key=lambda item: -item[1])
+            },
+        }
 
 
 def face_pool(runner: Runner, folder: Path, people: int) -> list[tuple[bytes, list[int]]]:
