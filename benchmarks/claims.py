@@ -153,12 +153,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.tiers, args.disfa_frames = "6x40,10x8,16x4", 12
-        args.images, args.identities, args.identity_images = "60,200,all", "4,8,16", 48
+        args.images, args.identities, args.identity_images = "30,100,300", "4,8,16", 48
         args.pretrain_steps, args.finetune_epochs = 4, 1
         args.compare_pretrain_steps = min(args.compare_pretrain_steps, 4)
 
-    if args.only_compare and not args.compare_pretrain_steps:
-        parser.error("--only-compare needs --compare-pretrain-steps > 0 (no scaling point to use)")
+    if not args.compare_pretrain_steps and (args.only_compare or "all" not in args.images):
+        parser.error(
+            "--compare-pretrain-steps 0 reuses the scaling point 'all': it needs the scaling "
+            "experiment and 'all' among --images"
+        )
     seeds = [int(s) for s in args.seeds.split(",")]
     work_dir = tempfile.TemporaryDirectory(prefix="facs-claims-")
     work = Path(args.work or work_dir.name)
@@ -210,7 +213,8 @@ def main() -> None:
             scaling = json.loads(
                 (root / "runs" / "scaling" / "report" / "scaling.json").read_text()
             )
-            weights = {p["key"]: p for p in scaling["points"]}["all"]["pretrain_checkpoint"]
+            points = {p["key"]: p for p in scaling["points"]}
+            weights = points["all"]["pretrain_checkpoint"] if "all" in points else ""
         else:
             scaling, weights = {"points": []}, ""
         if args.compare_pretrain_steps:

@@ -26,6 +26,7 @@ from training.evaluate import (
     table3_markdown,
     table3_rows,
 )
+from training.fault_injection import FAULT_MARKER
 from training.finetune import arm_inits, run_cross_validation
 from training.finetune_config import FinetuneConfig
 from training.finetune_data import class_weights
@@ -442,3 +443,35 @@ def test_class_weights_are_negatives_over_positives_capped(cv):
         negatives = len(table) - positives
         expected = 5.0 if positives == 0 else min(5.0, max(1.0, negatives / positives))
         assert weight == pytest.approx(expected), au
+
+
+@pytest.mark.slow
+def test_a_lock_step_trainer_killed_mid_run_resumes_every_fold_from_its_checkpoint(
+    ray_local, disfa, tmp_path
+):
+    config = small_config(
+        disfa,
+        "",
+        tmp_path,
+        init="scratch",
+        folds_per_trainer=0,
+        max_epochs=3,
+        max_failures=1,
+        labeler_openface="",
+        run_name="fault",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FACS_FINETUNE_FAIL_AT_EPOCH", "2")
+        patch.setenv("FACS_FINETUNE_FAIL_RANK", "0")
+        result = run_cross_validation(config)
+    trainer_dir = Path(config.storage_path) / "fault" / "scratch-folds1-2-3"
+    assert (trainer_dir / FAULT_MARKER).is_file()  # the worker did exit at the start of epoch 2
+    client = MlflowClient(result.tracking_uri)
+    for fold_result in result.arms["scratch"].folds:
+        assert fold_result.epochs == 3
+        # Restarting from scratch would have trained (and logged) epoch 1 twice; restarting
+        # every fold from the checkpoint of epoch 1, once.
+        steps = sorted(
+            m.step for m in client.get_metric_history(fold_result.mlflow_run_id, "train_loss")
+        )
+        assert steps == [1, 2, 3]

@@ -30,9 +30,10 @@ from training.data import (
     labels_from_arrow,
     pixel_mean,
 )
+from training.fault_injection import FAULT_MARKER
 from training.model import ModelConfig
 from training.model_logging import process_uris
-from training.pretrain import FAIL_ENV, FAULT_MARKER, run_pretraining, storage_root
+from training.pretrain import FAIL_ENV, run_pretraining, storage_root
 from training.pretrain_config import PretrainConfig, lr_factor, lr_per_step
 from training.pretrain_inputs import RUN_INFO, CorpusFacts, check_same_corpus, choose_run
 

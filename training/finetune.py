@@ -46,6 +46,7 @@ from pipeline.storage import Location
 from training.evaluate import (
     evaluate_folds,
 )
+from training.fault_injection import FaultPlan
 from training.finetune_config import FinetuneConfig
 from training.finetune_data import FoldData, fold_data
 from training.finetune_report import ARM_LABELS, cv_metrics, log_disfa_input, report_and_register
@@ -77,6 +78,9 @@ from training.trainer_config import torch_trainer
 
 #: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_STORAGE = "./runs/finetune"
+#: Test-only fault injection (``training.fault_injection``): FACS_FINETUNE_FAIL_AT_EPOCH and
+#: FACS_FINETUNE_FAIL_RANK; a trainer's epoch is one epoch of each of its folds.
+FAULT_JOB = "FINETUNE"
 
 
 def fold_run(
@@ -136,6 +140,8 @@ def train_folds(
     """Fine-tune some folds of one arm with one ``TorchTrainer`` (in lock-step when several);
     log each fold as a nested MLflow run. ``start``: the arm's weights and scratch architecture."""
     init, scratch_model = start
+    name = trainer_name(arm, [data.fold for data in datas])
+    fault = FaultPlan.from_env(FAULT_JOB, config.workers).at(root.join(name))
     began = time.perf_counter()
     runs = [fold_run(config, data, arm, init, parent) for data in datas]
     setups = [
@@ -149,6 +155,7 @@ def train_folds(
             pos_weight=data.pos_weight,
             subjects=tuple(subjects),
             mlflow_run=run,
+            fault=fault,
         )
         for data, run in zip(datas, runs, strict=True)
     ]
@@ -159,7 +166,7 @@ def train_folds(
         finetune_worker,
         setups,
         config,
-        (root, trainer_name(arm, [data.fold for data in datas])),
+        (root, name),
         datasets,
         # Only training is sharded; validation and test are read whole by rank 0.
         sharded=[dataset_name("train", data.fold) for data in datas],
@@ -244,6 +251,7 @@ def check_cross_validation(config: FinetuneConfig) -> None:
         raise ValueError("FinetuneConfig.disfa.root: expected the DISFA folder (--disfa), got none")
     storage_uri(config)
     resolve_tracking_uri(config.mlflow_uri)
+    FaultPlan.from_env(FAULT_JOB, config.workers)
 
 
 def run_cross_validation(config: FinetuneConfig, parent: RunHandle | None = None) -> CVResult:

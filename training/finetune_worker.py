@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from training.engine import (
     report_epoch,
     restore_checkpoint,
 )
+from training.fault_injection import FaultPlan
 from training.finetune_config import FinetuneConfig
 from training.fold_trainer import FoldTrainer, merge_codes, snapshot, subject_of_code
 from training.init_weights import InitWeights
@@ -85,6 +86,8 @@ class FoldSetup:
     #: Subject of each code in the batches' ``subjects`` tensor.
     subjects: tuple[str, ...]
     mlflow_run: RunHandle | None = None
+    #: Test-only fault injection of the fold's trainer (``training.fault_injection``).
+    fault: FaultPlan = field(default_factory=FaultPlan)
 
 
 def finetune_worker(loop_config: dict[str, Any]) -> None:
@@ -191,6 +194,7 @@ def finetune_with(setups: list[FoldSetup]) -> None:
     step = max(run.epoch for run in runs)
     while not all(run.done for run in runs):
         step += 1
+        setups[0].fault.maybe_fail(step, env.rank)
         env.seed_epoch(config.seed, step)
         for run in runs:
             if not run.done:

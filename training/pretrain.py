@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +26,7 @@ from pipeline.run_storage import output_location
 from pipeline.storage import Location
 from training.checkpoints import SUMMARY_FILE, load_checkpoint, model_from_state
 from training.data import cached_if_fits, corpus_splits, pixel_mean
+from training.fault_injection import FaultPlan, fail_env
 from training.flops import count_parameters, flops_per_sample
 from training.model import build_model
 from training.model_aliases import Evaluation
@@ -55,12 +55,10 @@ from training.tracking import (
 from training.train_loop import WorkerSetup, train_worker
 from training.trainer_config import torch_trainer
 
-FAULT_MARKER = "fault-injected"
-#: Test-only fault injection, kept out of the config (and so out of the runs' params): worker
-#: FACS_PRETRAIN_FAIL_RANK (default 1) exits mid-way through epoch FACS_PRETRAIN_FAIL_AT_EPOCH,
-#: first attempt only.
-FAIL_ENV = "FACS_PRETRAIN_FAIL_AT_EPOCH"
-FAIL_RANK_ENV = "FACS_PRETRAIN_FAIL_RANK"
+#: Test-only fault injection (``training.fault_injection``): FACS_PRETRAIN_FAIL_AT_EPOCH and
+#: FACS_PRETRAIN_FAIL_RANK.
+FAULT_JOB = "PRETRAIN"
+FAIL_ENV, FAIL_RANK_ENV = fail_env(FAULT_JOB)
 #: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_STORAGE = "./runs/pretrain"
 
@@ -97,21 +95,12 @@ def storage_root(config: PretrainConfig) -> Location:
     return Location.of(storage_uri(config))
 
 
-def fault_injection() -> tuple[int, int]:
-    """``(epoch, rank)`` of the test-only injected failure; epoch 0 = none."""
-    return int(os.environ.get(FAIL_ENV, "0") or 0), int(os.environ.get(FAIL_RANK_ENV, "1") or 1)
-
-
 def check_pretraining(config: PretrainConfig) -> tuple[CorpusFacts, dict[str, dict[str, int]]]:
     """Everything a run can be refused for before Ray starts (the CLI calls it first): the corpus
     version or subset and its labelled rows, the run storage, the MLflow store, fault injection.
     Returns the corpus facts and its row counts per split."""
     facts = corpus_facts(config)
-    fail_at_epoch, fail_rank = fault_injection()
-    if fail_at_epoch and not 0 <= fail_rank < config.workers:
-        raise ValueError(
-            f"{FAIL_RANK_ENV}: expected a worker rank in [0, {config.workers}), got {fail_rank}"
-        )
+    FaultPlan.from_env(FAULT_JOB, config.workers)
     storage_uri(config)
     resolve_tracking_uri(config.mlflow_uri)
     return facts, check_labelled(facts)
@@ -178,7 +167,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     workers fail more than ``max_failures`` times (the MLflow run is then marked FAILED).
     """
     facts, counts = check_pretraining(config)
-    fail_at_epoch, fail_rank = fault_injection()
+    fault = FaultPlan.from_env(FAULT_JOB, config.workers)
     default_storage = not config.storage_path
     config = replace(config, storage_path=storage_uri(config))
     root = Location.of(config.storage_path)
@@ -225,9 +214,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
         config=config,
         pixel_mean=mean,
         mlflow_run=mlflow_run,
-        fail_at_epoch=fail_at_epoch,
-        fail_rank=fail_rank,
-        fault_marker=run_dir.join(FAULT_MARKER).uri if fail_at_epoch else "",
+        fault=fault.at(run_dir),
     )
     trainer = torch_trainer(
         train_worker,

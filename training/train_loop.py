@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,6 @@ from torch import nn
 
 from pipeline.console import PRODUCT_TAG
 from pipeline.progress import format_duration
-from pipeline.storage import Location
 from pipeline.vocabulary import PAPER_COMPARISON_AUS
 from training.augment import FaceAugment
 from training.checkpoints import (
@@ -47,6 +45,7 @@ from training.engine import (
     set_lr,
     train_epoch,
 )
+from training.fault_injection import FaultPlan
 from training.metrics import au_metrics
 from training.model import build_model
 from training.pretrain_config import PretrainConfig, lr_factor, lr_per_step
@@ -81,12 +80,8 @@ class WorkerSetup:
     config: PretrainConfig
     pixel_mean: float
     mlflow_run: RunHandle | None
-    #: Test-only fault injection (``training.pretrain.fault_injection``): worker ``fail_rank``
-    #: exits during epoch ``fail_at_epoch`` (0 = never).
-    fail_at_epoch: int = 0
-    fail_rank: int = 1
-    #: A file in the run's storage written just before the injected failure: first attempt only.
-    fault_marker: str = ""
+    #: Test-only fault injection (``training.fault_injection``).
+    fault: FaultPlan = field(default_factory=FaultPlan)
 
 
 @dataclass
@@ -102,31 +97,6 @@ class Progress:
 
     def finished(self, config: PretrainConfig) -> bool:
         return self.epoch >= config.max_epochs or self.stopping.stopped or self.budget_spent(config)
-
-
-def inject_failure(setup: WorkerSetup, epoch: int, rank: int) -> None:
-    """Kill this worker's process (as a lost node would) once, if the config asks for it.
-
-    It first waits until Ray Train has committed the previous epoch's checkpoint: the controller
-    registers a checkpoint only once it has collected every worker's report (it polls them every
-    few seconds), so a worker that dies sooner than that loses the checkpoint too, and recovery
-    would restart one epoch earlier than the test expects.
-    """
-    if setup.fail_at_epoch != epoch or rank != setup.fail_rank or not setup.fault_marker:
-        return
-    marker = Location.of(setup.fault_marker)
-    if marker.exists():
-        return
-    try:
-        ray.train.get_all_reported_checkpoints(
-            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120
-        )
-    except Exception as error:  # an alpha API: fall back to outlasting the controller's polls
-        log.warning("fault injection: cannot wait for the checkpoint commit (%s); sleeping", error)
-        time.sleep(10)
-    marker.write_bytes(f"worker {rank} exited during epoch {epoch}\n".encode())
-    log.warning("fault injection: worker %d exits during epoch %d", rank, epoch)
-    os._exit(1)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -246,7 +216,7 @@ def step_hook(
 
     def on_step(stats: EpochStats, loss: torch.Tensor) -> None:
         if stats.steps == 1:
-            inject_failure(setup, epoch, env.rank)
+            setup.fault.maybe_fail(epoch, env.rank)
         if per_step:
             set_lr(optimizer, config.lr * lr_factor(config, epoch - 1, steps_before + stats.steps))
         if config.log_every and env.rank == 0 and stats.steps % config.log_every == 0:
