@@ -69,8 +69,12 @@ def test_every_stage_writes_its_artifacts_to_the_bucket(s3_demo):
     assert any(k.endswith("facs_run.json") for k in pretrain)
     finetune = under("demo/runs/finetune/")
     for arm in ("pretrained", "scratch"):
+        # One lock-step trainer per arm (the demo's folds_per_trainer 0), each fold its own part.
         for fold in (1, 2, 3):
-            assert any(f"/{arm}-fold{fold}/" in k and "/final" in k for k in finetune), (arm, fold)
+            assert any(
+                f"/{arm}-folds1-2-3/" in k and "/final" in k and f"/fold{fold}/" in k
+                for k in finetune
+            ), (arm, fold)
     assert any(k.endswith("report/table3.md") for k in finetune)
     # MLflow's artifacts (both logged models, the report) went through the server to S3.
     artifacts = under("mlartifacts/")
