@@ -16,7 +16,7 @@ from training.finetune_config import REGISTERED_MODEL_NAME as DISFA_MODEL
 from training.pretrain_config import REGISTERED_MODEL_NAME as PRETRAINED_MODEL
 from tune.demo import run_demo
 from tune.demo_config import SCALES, DemoConfig
-from tune.demo_report import DemoResult, mlflow_ui_hint
+from tune.demo_report import DemoResult, claim_lines, mlflow_ui_hint
 from tune.demo_setup import (
     MARKER,
     SUMMARY,
@@ -65,7 +65,8 @@ def test_tiny_demo_prints_progress_table3_and_how_to_open_the_runs(tiny_demo):
     f1 = result.f1_8au_fold_mean
     assert set(f1) == {"pretrained", "scratch", "labeler"}
     margin = f1["pretrained"] - f1["scratch"]
-    assert f"by {margin:+.1f} F1" in claims[0]
+    verdict = "beats scratch by" if margin > 0 else "does NOT beat scratch: margin"
+    assert f"pre-trained {verdict} {margin:+.1f} F1" in claims[0]
     assert f"{url}/#/experiments/{result.experiment_id}" in output
     assert result.compare_run_id in output and result.pretrain_run_id in output
     work = folder / "work"
@@ -93,6 +94,14 @@ def test_scale_preset_with_one_field_overridden_from_the_command_line():
     assert (scale.people, scale.width) == (40, 0.5)
     assert scale.disfa_subjects == SCALES["tiny"].disfa_subjects
     assert DemoConfig().resolved() == SCALES["small"]
+
+
+def test_claim_lines_give_each_margin_and_say_plainly_when_a_claim_does_not_hold():
+    helps, outgrows = claim_lines({"pretrained": 58.7, "scratch": 27.6, "labeler": 60.2})
+    assert "pre-trained beats scratch by +31.1 F1 (58.7 vs 27.6" in helps
+    assert "pre-trained does NOT beat its own labeler" in outgrows
+    assert "margin -1.5 F1 (58.7 vs 60.2" in outgrows
+    assert claim_lines({"pretrained": 50.0}) == []
 
 
 def test_unknown_scale_and_too_few_subjects_are_refused():

@@ -27,9 +27,9 @@ def claim_lines(f1: dict[str, float]) -> list[str]:
 
     def line(claim: str, ours: float, other: float, name: str) -> str:
         margin = ours - other
-        verdict = "beats" if margin > 0 else "does NOT beat"
+        verdict = f"beats {name} by" if margin > 0 else f"does NOT beat {name}: margin"
         return (
-            f"claim: {claim}: pre-trained {verdict} {name} by {margin:+.1f} F1 "
+            f"claim: {claim}: pre-trained {verdict} {margin:+.1f} F1 "
             f"({ours:.1f} vs {other:.1f}; 8 AUs, per fold then averaged)"
         )
 
