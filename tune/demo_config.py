@@ -33,7 +33,7 @@ class DemoScale:
 
 
 #: ``tiny``: tests and the cluster integration test; ``small``: the default, the method shown
-#: in about 15 minutes on 2 CPU cores (measured: benchmarks/results/demo.json); ``medium``: about
+#: in about 9 minutes on 2 CPU cores (measured: benchmarks/results/demo.json); ``medium``: about
 #: 1.5 hours there, minutes on a cluster; ``paper``: the paper's DISFA sessions and full-width
 #: VGG13, for a GPU cluster.
 SCALES: dict[str, DemoScale] = {
@@ -49,7 +49,7 @@ SCALES: dict[str, DemoScale] = {
         width=0.125, pretrain_workers=2, pretrain_steps=2000,
         finetune_epochs=12, finetune_patience=6, finetune_batches_per_epoch=None,
         batch_size=32, concurrent_folds=2, folds_per_trainer=0, plots=True,
-        minutes_on_2_cores=15.5,
+        minutes_on_2_cores=9.5,
     ),
     "medium": DemoScale(
         people=1000, images_per_person=12, disfa_subjects=27, disfa_frames=108, disfa_stride=45,
@@ -81,7 +81,7 @@ class DemoConfig:
     scale: ScaleName = field(
         default="small",
         metadata={
-            "help": "preset size: tiny (tests, about 3 min), small (the method shown, about 15 "
+            "help": "preset size: tiny (tests, about 3 min), small (the method shown, about 9 "
             "min on 2 CPU cores), medium (about 1.5 hours on 2 cores), paper (DISFA's full "
             "sessions, width 1.0: a GPU cluster)"
         },
