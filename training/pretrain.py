@@ -58,7 +58,7 @@ from training.trainer_config import torch_trainer
 #: Test-only fault injection (``training.fault_injection``): FACS_PRETRAIN_FAIL_AT_EPOCH and
 #: FACS_PRETRAIN_FAIL_RANK.
 FAULT_JOB = "PRETRAIN"
-FAIL_ENV, FAIL_RANK_ENV = fail_env(FAULT_JOB)
+FAIL_ENV = fail_env(FAULT_JOB)[0]
 #: Where runs go without --storage-path outside a Ray job and without FACS_STORAGE_ROOT.
 DEFAULT_STORAGE = "./runs/pretrain"
 
