@@ -1,7 +1,9 @@
 """Typed configuration: dataclasses <- YAML file <- CLI flags (flags win), with generated ``--help``.
 
 A config is a dataclass whose fields carry ``metadata={"help": ...}``; nested dataclasses become
-flag groups (``face.detector`` -> ``--face-detector``).
+flag groups (``face.detector`` -> ``--face-detector``). Its ``__post_init__`` lists its checks
+(``at_least``, ``at_least_each``, or ``(holds, what was expected)`` pairs) and ``raise_failed``
+names the first that fails.
 """
 
 from __future__ import annotations
@@ -21,6 +23,30 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or flag that does not fit the config's fields."""
+
+
+#: ``(holds, what was expected)`` pairs a config's ``__post_init__`` checks.
+Checks = list[tuple[bool, str]]
+
+
+def raise_failed(checks: Checks, owner: str) -> None:
+    """Raise ``ValueError`` naming ``owner`` and the first check that does not hold."""
+    for ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{owner}: expected {expected}")
+
+
+def at_least(
+    name: str, value: float | None, low: float, optional: bool = False
+) -> tuple[bool, str]:
+    """``value >= low`` (or ``None`` when ``optional``), as a check."""
+    ok = (optional and value is None) or (value is not None and value >= low)
+    return ok, f"{name} >= {low}, got {value}"
+
+
+def at_least_each(config: object, **lows: float) -> Checks:
+    """``at_least`` for each field of ``config`` named in ``lows``, against its lower bound."""
+    return [at_least(name, getattr(config, name), low) for name, low in lows.items()]
 
 
 def _flag(name: str) -> str:

@@ -8,7 +8,9 @@ import pytest
 
 from cluster.cli import build_parser, main
 from pipeline.corpus.config import CorpusBuildConfig
-from pipeline.options import ConfigError, load_config, overrides_from_args
+from pipeline.options import ConfigError, at_least, load_config, overrides_from_args
+from training.predict_config import PredictConfig
+from tune.scaling_config import ScalingStudyConfig
 
 
 def all_flags(cls, prefix: str = "") -> list[str]:
@@ -55,6 +57,19 @@ def test_unknown_yaml_key_is_named(tmp_path):
     yaml_file.write_text("corpus: x\nbatchsize: 8\n")
     with pytest.raises(ConfigError, match="batchsize"):
         load_config(CorpusBuildConfig, yaml_file)
+
+
+def test_a_failed_config_check_names_the_config_the_field_the_bound_and_the_value():
+    with pytest.raises(ValueError, match=r"^PredictConfig: expected workers >= 1, got 0$"):
+        PredictConfig(workers=0)
+    with pytest.raises(ValueError, match=r"^ScalingStudyConfig: expected concurrent >= 1, got 0$"):
+        ScalingStudyConfig(concurrent=0)
+
+
+def test_an_optional_lower_bound_accepts_none_and_still_checks_a_value():
+    assert at_least("max_steps", None, 1, optional=True)[0]
+    assert at_least("max_steps", 0, 1, optional=True) == (False, "max_steps >= 1, got 0")
+    assert not at_least("max_steps", None, 1)[0]
 
 
 def test_build_without_input_says_what_to_give(tmp_path, capsys, ray_local):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.options import at_least, raise_failed
+
 
 @dataclass(kw_only=True)
 class AugmentConfig:
@@ -42,22 +44,20 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         checks = [
             (0.0 <= self.hflip_prob <= 1.0, f"hflip_prob in [0, 1], got {self.hflip_prob}"),
-            (self.rotation_degrees >= 0, f"rotation_degrees >= 0, got {self.rotation_degrees}"),
+            at_least("rotation_degrees", self.rotation_degrees, 0),
             (0.0 <= self.shift < 1.0, f"shift in [0, 1), got {self.shift}"),
             (
                 0 < self.scale_min <= self.scale_max,
                 f"0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}",
             ),
-            (self.skew >= 0, f"skew >= 0, got {self.skew}"),
-            (self.strength >= 0, f"strength >= 0, got {self.strength}"),
+            at_least("skew", self.skew, 0),
+            at_least("strength", self.strength, 0),
             (
                 self.padding_mode in ("border", "zeros", "reflection"),
                 f"padding_mode one of border/zeros/reflection, got {self.padding_mode!r}",
             ),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"AugmentConfig: expected {expected}")
+        raise_failed(checks, "AugmentConfig")
         low, high = self.scale_range
         if low <= 0:
             raise ValueError(

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.disfa import DisfaConfig
-from training.job_config import TrainingJobConfig, at_least, raise_failed
+from pipeline.options import at_least, raise_failed
+from training.job_config import TrainingJobConfig
 
 #: The name the fine-tuned DISFA model is registered under in the MLflow model registry.
 REGISTERED_MODEL_NAME = "facs-vgg13-disfa"

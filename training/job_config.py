@@ -7,26 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.options import Checks, at_least, at_least_each
 from training.augment_config import AugmentConfig
 from training.model_config import ModelConfig
-
-#: ``(holds, what was expected)`` pairs a config's ``__post_init__`` checks.
-Checks = list[tuple[bool, str]]
-
-
-def raise_failed(checks: Checks, owner: str) -> None:
-    """Raise ``ValueError`` naming the first check that does not hold."""
-    for ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{owner}: expected {expected}")
-
-
-def at_least(
-    name: str, value: float | None, low: float, optional: bool = False
-) -> tuple[bool, str]:
-    """``value >= low`` (or ``None`` when ``optional``), as a check."""
-    ok = (optional and value is None) or (value is not None and value >= low)
-    return ok, f"{name} >= {low}, got {value}"
 
 
 @dataclass
@@ -127,15 +110,12 @@ class TrainingJobConfig:
     def job_checks(self) -> Checks:
         """The checks of the shared fields (each job adds its own)."""
         return [
-            at_least("workers", self.workers, 1),
-            at_least("gpus_per_worker", self.gpus_per_worker, 0),
+            *at_least_each(self, workers=1, gpus_per_worker=0),
             (self.cpus_per_worker > 0, f"cpus_per_worker > 0, got {self.cpus_per_worker}"),
             at_least("batch_size", self.batch_size, 1),
             (self.lr > 0, f"lr > 0, got {self.lr}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 in [0, 1)"),
-            at_least("max_epochs", self.max_epochs, 1),
-            at_least("patience", self.patience, 0),
-            at_least("shuffle_buffer", self.shuffle_buffer, 0),
+            *at_least_each(self, max_epochs=1, patience=0, shuffle_buffer=0),
             (
                 self.pixel_mean is None or 0.0 <= self.pixel_mean <= 1.0,
                 f"pixel_mean in [0, 1] (pixels scaled to [0, 1]), got {self.pixel_mean}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.options import at_least_each, raise_failed
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 
 #: Conv channels per block at width 1.0 (Table I): 64-64 / 128-128 / 256-256-256 / 256-256-256.
@@ -57,8 +58,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.width > 0, f"width > 0, got {self.width}"),
-            (self.in_channels >= 1, f"in_channels >= 1, got {self.in_channels}"),
-            (self.num_outputs >= 1, f"num_outputs >= 1, got {self.num_outputs}"),
+            *at_least_each(self, in_channels=1, num_outputs=1),
             (
                 self.input_size > 0 and self.input_size % DOWNSAMPLING == 0,
                 f"input_size a positive multiple of {DOWNSAMPLING}, got {self.input_size}",
@@ -66,6 +66,4 @@ class ModelConfig:
             (0 <= self.dropout_conv < 1, f"dropout_conv in [0, 1), got {self.dropout_conv}"),
             (0 <= self.dropout_fc < 1, f"dropout_fc in [0, 1), got {self.dropout_fc}"),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"ModelConfig: expected {expected}")
+        raise_failed(checks, "ModelConfig")

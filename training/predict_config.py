@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.faces import FaceConfig
+from pipeline.options import at_least_each, raise_failed
 
 
 @dataclass
@@ -67,12 +68,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         checks = [
             (0 < self.threshold < 1, f"threshold in (0, 1), got {self.threshold}"),
-            (self.batch_size >= 1, f"batch_size >= 1, got {self.batch_size}"),
-            (self.workers >= 1, f"workers >= 1, got {self.workers}"),
-            (self.gpus_per_worker >= 0, f"gpus_per_worker >= 0, got {self.gpus_per_worker}"),
-            (self.cpus_per_worker >= 0, f"cpus_per_worker >= 0, got {self.cpus_per_worker}"),
-            (self.frames_per_task >= 1, f"frames_per_task >= 1, got {self.frames_per_task}"),
+            *at_least_each(self, batch_size=1, workers=1, frames_per_task=1),
+            *at_least_each(self, gpus_per_worker=0, cpus_per_worker=0),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"PredictConfig: expected {expected}")
+        raise_failed(checks, "PredictConfig")

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from training.job_config import TrainingJobConfig, at_least, raise_failed
+from pipeline.options import at_least, raise_failed
+from training.job_config import TrainingJobConfig
 
 #: The name the best pre-trained model is registered under in the MLflow model registry.
 REGISTERED_MODEL_NAME = "facs-vgg13-pretrained"

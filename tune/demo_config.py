@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.options import at_least_each, raise_failed
+
 
 @dataclass(frozen=True)
 class DemoScale:
@@ -179,33 +181,18 @@ class DemoConfig:
             raise ValueError("DemoConfig.workdir: expected a folder or s3:// prefix, got ''")
         scale = self.resolved()
         checks = [
-            (scale.people >= 1, f"people >= 1, got {scale.people}"),
-            (
-                scale.images_per_person >= 2,
-                f"images_per_person >= 2, got {scale.images_per_person}",
-            ),
+            *at_least_each(scale, people=1, images_per_person=2),
             (
                 3 <= scale.disfa_subjects <= 27,
                 f"disfa_subjects in 3..27, got {scale.disfa_subjects}",
             ),
-            (scale.disfa_frames >= 4, f"disfa_frames >= 4, got {scale.disfa_frames}"),
-            (scale.disfa_stride >= 1, f"disfa_stride >= 1, got {scale.disfa_stride}"),
-            (self.label_noise >= 0, f"label_noise >= 0, got {self.label_noise}"),
-            (self.wild_noise >= 0, f"wild_noise >= 0, got {self.wild_noise}"),
+            *at_least_each(scale, disfa_frames=4, disfa_stride=1),
+            *at_least_each(self, label_noise=0, wild_noise=0),
             (scale.width > 0, f"width > 0, got {scale.width}"),
-            (scale.pretrain_workers >= 1, f"pretrain_workers >= 1, got {scale.pretrain_workers}"),
-            (scale.pretrain_steps >= 1, f"pretrain_steps >= 1, got {scale.pretrain_steps}"),
-            (scale.finetune_epochs >= 1, f"finetune_epochs >= 1, got {scale.finetune_epochs}"),
-            (scale.batch_size >= 1, f"batch_size >= 1, got {scale.batch_size}"),
-            (scale.concurrent_folds >= 0, f"concurrent_folds >= 0, got {scale.concurrent_folds}"),
-            (
-                scale.folds_per_trainer >= 0,
-                f"folds_per_trainer >= 0, got {scale.folds_per_trainer}",
-            ),
+            *at_least_each(scale, pretrain_workers=1, pretrain_steps=1, finetune_epochs=1),
+            *at_least_each(scale, batch_size=1, concurrent_folds=0, folds_per_trainer=0),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"DemoConfig: expected {expected}")
+        raise_failed(checks, "DemoConfig")
 
     def resolved(self) -> DemoScale:
         """The preset of ``scale`` with every field given here (not None) put in its place."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.disfa import DisfaConfig
+from pipeline.options import at_least, raise_failed
 from training.finetune_config import FinetuneConfig
 from training.pretrain_config import PretrainConfig
 
@@ -141,23 +142,18 @@ class ScalingStudyConfig:
         self.identities = [str(v) for v in self.identities]
         parse_sizes(self.images, "images")
         parse_sizes(self.identities, "identities")
-        if not self.images and not self.identities:
-            raise ValueError("ScalingStudyConfig: expected some --images or --identities sizes")
-        if self.corpus_version is not None and self.corpus_version < 1:
-            raise ValueError(
-                f"ScalingStudyConfig.corpus_version: expected >= 1, got {self.corpus_version}"
-            )
-        if self.point_eval not in ("finetune", "probe"):
-            raise ValueError(
-                f"ScalingStudyConfig.point_eval: expected 'finetune' or 'probe', got {self.point_eval!r}"
-            )
-        if self.concurrent < 1:
-            raise ValueError(f"ScalingStudyConfig.concurrent: expected >= 1, got {self.concurrent}")
+        checks = [
+            (bool(self.images or self.identities), "some --images or --identities sizes"),
+            at_least("corpus_version", self.corpus_version, 1, optional=True),
+            (
+                self.point_eval in ("finetune", "probe"),
+                f"point_eval 'finetune' or 'probe', got {self.point_eval!r}",
+            ),
+            at_least("concurrent", self.concurrent, 1),
+            at_least("identity_images", self.identity_images, 1, optional=True),
+        ]
+        raise_failed(checks, "ScalingStudyConfig")
         if self.identity_images is not None:
-            if self.identity_images < 1:
-                raise ValueError(
-                    f"ScalingStudyConfig.identity_images: expected >= 1, got {self.identity_images}"
-                )
             if None in self.identity_sizes():
                 raise ValueError(
                     f"ScalingStudyConfig.identities: {ALL!r} has no fixed image budget; with "

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.options import at_least, at_least_each, raise_failed
 from training.finetune_config import FinetuneConfig
 
 #: Positive-class weightings a trial can use (BCE ``pos_weight`` per AU).
@@ -87,16 +88,14 @@ class SearchSpace:
                 set(self.pos_weightings) <= set(POS_WEIGHTINGS),
                 f"pos_weightings among {POS_WEIGHTINGS}, got {self.pos_weightings}",
             ),
-            (self.pos_weight_cap >= 1, f"pos_weight_cap >= 1, got {self.pos_weight_cap}"),
+            at_least("pos_weight_cap", self.pos_weight_cap, 1),
             (all(p >= 0 for p in self.patiences), f"patiences >= 0, got {self.patiences}"),
             (
                 set(self.threshold_policies) <= set(THRESHOLD_POLICIES),
                 f"threshold_policies among {THRESHOLD_POLICIES}, got {self.threshold_policies}",
             ),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"SearchSpace: expected {expected}")
+        raise_failed(checks, "SearchSpace")
 
     def categorical(self) -> dict[str, list[Any]]:
         """Each categorical dimension's choices, by the trial parameter's name."""
@@ -180,21 +179,13 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.num_samples >= 1, f"num_samples >= 1, got {self.num_samples}"),
-            (self.max_concurrent >= 1, f"max_concurrent >= 1, got {self.max_concurrent}"),
-            (self.gpus_per_trial >= 0, f"gpus_per_trial >= 0, got {self.gpus_per_trial}"),
+            *at_least_each(self, num_samples=1, max_concurrent=1, gpus_per_trial=0),
             (self.cpus_per_trial > 0, f"cpus_per_trial > 0, got {self.cpus_per_trial}"),
-            (self.grace_period >= 1, f"grace_period >= 1, got {self.grace_period}"),
-            (self.reduction_factor >= 2, f"reduction_factor >= 2, got {self.reduction_factor}"),
+            *at_least_each(self, grace_period=1, reduction_factor=2),
             (not self.resume or bool(self.name), "--name of the sweep to continue with --resume"),
-            (
-                self.interrupt_after_trials is None or self.interrupt_after_trials >= 1,
-                f"interrupt_after_trials >= 1, got {self.interrupt_after_trials}",
-            ),
+            at_least("interrupt_after_trials", self.interrupt_after_trials, 1, optional=True),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"SweepConfig: expected {expected}")
+        raise_failed(checks, "SweepConfig")
 
     def default_point(self) -> dict[str, Any]:
         """The base fine-tuning config as a point of the search space (its trial is the baseline)."""
