@@ -11,6 +11,7 @@ from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.options import ConfigError, at_least, load_config, overrides_from_args
 from training.predict_config import PredictConfig
 from tune.scaling_config import ScalingStudyConfig
+from tune.sweep_config import SweepConfig
 
 
 def all_flags(cls, prefix: str = "") -> list[str]:
@@ -70,6 +71,16 @@ def test_an_optional_lower_bound_accepts_none_and_still_checks_a_value():
     assert at_least("max_steps", None, 1, optional=True)[0]
     assert at_least("max_steps", 0, 1, optional=True) == (False, "max_steps >= 1, got 0")
     assert not at_least("max_steps", None, 1)[0]
+
+
+def test_output_help_names_the_local_default_each_stage_really_uses():
+    from tune import scaling, sweep
+
+    def help_of(cls, name: str) -> str:
+        return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"]
+
+    assert f"else {sweep.DEFAULT_STORAGE} " in help_of(SweepConfig, "storage_path")
+    assert f"else {scaling.DEFAULT_OUTPUT} " in help_of(ScalingStudyConfig, "output")
 
 
 def test_build_without_input_says_what_to_give(tmp_path, capsys, ray_local):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.options import Checks, at_least, at_least_each
+from pipeline.run_options import DEFAULT_TRACKING, mlflow_uri_field
 from training.augment_config import AugmentConfig
 from training.model_config import ModelConfig
 
@@ -87,12 +88,8 @@ class TrainingJobConfig:
         default=1,
         metadata={"help": "worker failures to recover from (from the last checkpoint); -1 = any"},
     )
-    mlflow_uri: str | None = field(
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI, e.g. http://host:5000; none = $MLFLOW_TRACKING_URI, "
-            "else sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts"
-        },
+    mlflow_uri: str | None = mlflow_uri_field(
+        ", e.g. http://host:5000", f"{DEFAULT_TRACKING} with artifacts in <cwd>/mlartifacts"
     )
     experiment: str = field(default="facs", metadata={"help": "MLflow experiment name"})
     register_as: str = field(

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipeline.faces import FaceConfig
 from pipeline.options import at_least_each, raise_failed
+from pipeline.run_options import mlflow_uri_field
 
 
 @dataclass
@@ -57,13 +58,7 @@ class PredictConfig:
     corpus_version: int | None = field(
         default=None, metadata={"help": "version of corpus inputs; none = the latest"}
     )
-    mlflow_uri: str | None = field(
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI for models:/ and runs:/ sources; none = "
-            "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
-        },
-    )
+    mlflow_uri: str | None = mlflow_uri_field(" for models:/ and runs:/ sources")
 
     def __post_init__(self) -> None:
         checks = [

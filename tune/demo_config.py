@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.options import at_least_each, raise_failed
+from pipeline.run_options import mlflow_uri_field
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,8 @@ class DemoConfig:
             "--mlflow-uri is given; empty = ./facs-demo-mlflow"
         },
     )
-    mlflow_uri: str | None = field(
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI (e.g. http://head:5000); none = MLFLOW_TRACKING_URI, "
-            "else sqlite:///<workdir>/mlflow.db"
-        },
+    mlflow_uri: str | None = mlflow_uri_field(
+        " (e.g. http://head:5000)", "MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
     )
     experiment: str = field(
         default="facs-demo", metadata={"help": "MLflow experiment holding every run of the demo"}

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipeline.disfa import DisfaConfig
 from pipeline.options import at_least, raise_failed
+from pipeline.run_options import mlflow_uri_field, stage_output_field
 from training.finetune_config import FinetuneConfig
 from training.pretrain_config import PretrainConfig
 
@@ -109,23 +110,13 @@ class ScalingStudyConfig:
             "trainers; Ray queues those that do not fit. 1 on a laptop"
         },
     )
-    output: str | None = field(
-        default=None,
-        metadata={
-            "help": "folder or s3:// prefix for the runs and the report (tables, figures); none "
-            "= $FACS_STORAGE_ROOT/scaling, else ./runs/scaling (refused in a Ray job)"
-        },
+    output: str | None = stage_output_field(
+        "folder or s3:// prefix for the runs and the report (tables, figures)", "scaling"
     )
     run_name: str | None = field(
         default=None, metadata={"help": "the experiment's folder and run name; none = timestamped"}
     )
-    mlflow_uri: str | None = field(
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI for every run; none = $MLFLOW_TRACKING_URI, else "
-            "sqlite:///<cwd>/mlflow.db"
-        },
-    )
+    mlflow_uri: str | None = mlflow_uri_field(" for every run")
     experiment: str = field(
         default="facs-scaling", metadata={"help": "MLflow experiment of the parent and point runs"}
     )

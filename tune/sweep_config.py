@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.options import at_least, at_least_each, raise_failed
+from pipeline.run_options import DEFAULT_TRACKING, mlflow_uri_field, stage_output_field
 from training.finetune_config import FinetuneConfig
 
 #: Positive-class weightings a trial can use (BCE ``pos_weight`` per AU).
@@ -146,13 +147,7 @@ class SweepConfig:
         },
     )
 
-    storage_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "where sweeps are kept (local or s3://); none = $FACS_STORAGE_ROOT/tune, "
-            "else ./runs/tune (refused in a Ray job)"
-        },
-    )
+    storage_path: str | None = stage_output_field("where sweeps are kept (local or s3://)", "tune")
     name: str | None = field(
         default=None, metadata={"help": "the sweep's folder name; none = tune-<UTC timestamp>"}
     )
@@ -168,12 +163,8 @@ class SweepConfig:
         },
     )
 
-    mlflow_uri: str | None = field(
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI; none = the fine-tuning config's, else "
-            "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
-        },
+    mlflow_uri: str | None = mlflow_uri_field(
+        fallback=f"the fine-tuning config's, else {DEFAULT_TRACKING}"
     )
     experiment: str = field(default="facs-tune", metadata={"help": "MLflow experiment"})
 
