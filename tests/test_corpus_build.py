@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import math
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import pytest
 from pipeline.corpus.build import build_version
 from pipeline.corpus.config import CorpusBuildConfig, LabelSourcesConfig
 from pipeline.corpus.manifest import CorpusError, load_manifest
-from pipeline.corpus.read import read_corpus, read_metadata_table
+from pipeline.corpus.read import read_corpus, read_metadata_table, version_files
 from pipeline.corpus.stats import corpus_stats
 from pipeline.rejects import RejectReason
 from pipeline.sources.image_folder import read_file_records
 from pipeline.sources.msceleb_tsv import encode_face_rectangle
+from pipeline.status_write import ROW_GROUP_ROWS
 from pipeline.storage import Location
 from pipeline.vocabulary import OPENFACE_AUS
 
@@ -144,6 +146,28 @@ def test_half_written_version_is_invisible_and_a_rerun_completes_it(
     assert entry.version == 2
     assert not (crashed / "x.parquet").exists()
     assert entry.accepted == 1 and entry.reject_counts == {RejectReason.DUPLICATE.value: 1}
+
+
+def test_shards_hold_whole_row_groups_without_statistics_of_face_bytes(
+    tmp_path, photo_folder, ray_local
+):
+    """A face-stage batch of 2 rows must not become a row group of 2 rows (footers grow with
+    the row groups, and every read parses them); the faces' bytes get no min/max statistics."""
+    corpus = str(tmp_path / "c")
+    build_version(
+        CorpusBuildConfig(corpus=corpus, images=str(photo_folder), batch_size=2), append=False
+    )
+    root, files = version_files(corpus)
+    assert files
+    for path in files:
+        metadata = pq.ParquetFile(path, filesystem=root.fs).metadata
+        assert metadata.num_row_groups == math.ceil(metadata.num_rows / ROW_GROUP_ROWS)
+        group = metadata.row_group(0)
+        columns = {
+            group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)
+        }
+        assert not columns["face"].is_stats_set
+        assert columns["identity"].statistics.has_min_max
 
 
 def test_tsv_with_released_labels_joins_by_name(tmp_path, shared_data, ray_local):

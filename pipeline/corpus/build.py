@@ -303,6 +303,7 @@ def build_version(
             CorpusRowMaker,
             (config, ray.put(labeler) if labeler is not None else None, people, ledger),
             staging,
+            schema=CORPUS_SCHEMA,
             workers=workers,
             batch_size=config.batch_size,
             batch_format="numpy",

@@ -49,6 +49,7 @@ from pipeline.disfa.layout import (
     find_videos,
     label_stamps,
 )
+from pipeline.disfa.schema import DISFA_FRAME_SCHEMA
 from pipeline.progress import RowProgress
 from pipeline.ray_runtime import ensure_ray
 from pipeline.rejects import RejectReason
@@ -184,6 +185,7 @@ def _ingest(config: DisfaConfig, inputs: _Inputs, key: str, location: Location) 
             DisfaFaceStage,
             (config.face, ledger),
             location,
+            schema=DISFA_FRAME_SCHEMA,
             workers=workers,
             batch_size=config.batch_size,
             batch_format="pyarrow",
