@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 from corpus_fixture import make_corpus
 from ray.data import DataContext
 
 from pipeline.corpus.manifest import load_manifest
 from pipeline.corpus.read import labelled_counts, read_corpus
+from pipeline.status_write import bound_object_store
 from training.data import CACHED_ROW_BYTES, cache_fits, cached_if_fits, corpus_splits
 
 
@@ -66,3 +68,19 @@ def test_cache_decision_is_by_size_against_the_object_store(ray_local, tmp_path)
     assert all(type(d).__name__ == "MaterializedDataset" for d in kept.values())
     assert all(streamed[s] is splits[s] for s in splits)
     assert kept["train"].count() == splits["train"].count()
+
+
+def test_a_write_bounds_its_own_object_store_share_and_leaves_other_datasets_unbounded(
+    ray_local,
+):
+    global_limit = DataContext.get_current().execution_options.resource_limits.object_store_memory
+    bounded, other = ray.data.range(10), ray.data.range(10)
+    bound_object_store(bounded, 123 * 2**20)
+    assert bounded.context.execution_options.resource_limits.object_store_memory == 123 * 2**20
+    assert bounded.map_batches(lambda b: b).context.execution_options.resource_limits == (
+        bounded.context.execution_options.resource_limits
+    )  # what the write derives from it keeps the bound
+    assert other.context.execution_options.resource_limits.object_store_memory == global_limit
+    current = DataContext.get_current().execution_options.resource_limits.object_store_memory
+    assert current == global_limit
+    assert bounded.count() == 10
