@@ -21,7 +21,7 @@ streaming over the whole corpus (its pixel-mean pass reads every training row; e
 by ``--batches-per-epoch`` and each reads the files in a new order). Goals (issue 15): peak memory
 at 1M <= 1.3x at 100k for every step; build rows/s at 1M >= 0.9x at 100k.
 
-    python benchmarks/scale.py                        # 100k and 1M rows (about 12 min alone)
+    python benchmarks/scale.py                        # 100k and 1M rows (about 8 min alone)
     python benchmarks/scale.py --rows 20000 --small 5000 --add-rows 2000 --no-write   # a smoke run
 """
 
