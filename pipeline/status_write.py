@@ -20,8 +20,8 @@ STATUS_COLUMN = "status"
 ACCEPTED, REJECTED = "accepted", "rejected"
 #: Rows a Parquet row group holds (about 17 MB of 64x64 faces). Without it each block of the face
 #: stage became a row group of a few dozen rows, and a 23,000-row shard carried a 3.4 MB footer
-#: that every read (every pre-training epoch) fetched and parsed again: at 1,000,000 rows that
-#: cost pre-training 1.2 GB and most of its time (see benchmarks/results/scale.json).
+#: that every read (every pre-training epoch) fetched and parsed again: at 1,100,000 rows
+#: pre-training read at half its speed now (see benchmarks/results/scale.json).
 ROW_GROUP_ROWS = 4096
 #: Object store a write's stream may fill, per face-stage worker. Unbounded, Ray Data's budget
 #: grows with the store, and a long build kept filling it: the pages it touched stayed resident,

@@ -285,8 +285,8 @@ def build_version(
     if labeler is None and tables:
         labeler = TableLabeler.from_tables(tables)
     del tables
-    # The label files' parse buffers are free now: hand their pages back to the system (Arrow's
-    # allocator keeps freed memory for reuse; 0.3 GB at 1,000,000 label rows).
+    # The label files' parse buffers are free now: hand their pages back to the system (an
+    # allocator keeps freed memory for reuse; with mimalloc, 0.3 GB at 1,000,000 label rows).
     pa.default_memory_pool().release_unused()
     if labeler is None:
         log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.faces import FaceConfig
+from pipeline.options import at_least_each, raise_failed
 
 
 @dataclass
@@ -96,11 +97,6 @@ class CorpusBuildConfig:
                 0 <= self.labels.min_confidence <= 1,
                 f"labels.min_confidence in [0, 1], got {self.labels.min_confidence}",
             ),
-            (self.workers >= 0, f"workers >= 0, got {self.workers}"),
-            (self.batch_size >= 1, f"batch_size >= 1, got {self.batch_size}"),
-            (self.rows_per_file >= 1, f"rows_per_file >= 1, got {self.rows_per_file}"),
-            (self.tsv_range_mb >= 1, f"tsv_range_mb >= 1, got {self.tsv_range_mb}"),
+            *at_least_each(self, workers=0, batch_size=1, rows_per_file=1, tsv_range_mb=1),
         ]
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"CorpusBuildConfig: expected {expected}")
+        raise_failed(checks, "CorpusBuildConfig")
