@@ -6,7 +6,9 @@ Without ``--verbose``, the CLI calls :func:`quiet_console` once, before Ray star
   they carry :data:`PRODUCT_TAG` (the product's per-epoch lines from its training workers); every
   line, tagged or not, goes to the console log file, whose path is printed once;
 - Ray Data's per-dataset INFO lines and its ``UserWarning``s, and MLflow's INFO chatter on the
-  driver, go to the same file.
+  driver, go to the same file;
+- so do the C++ log lines that Ray's core worker in this process writes straight to file
+  descriptor 2 (:mod:`pipeline.native_stderr`); every other byte written there passes through.
 
 Ray offers no public hook to filter what it streams to the driver, so this swaps the handler of
 ``ray._private.worker`` that prints it (and the function that prints raylet messages). If a Ray
@@ -22,6 +24,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, TextIO
+
+from pipeline.native_stderr import split_native_stderr
 
 #: The mark of the product's own lines, wherever they are printed.
 PRODUCT_TAG = "[facs]"
@@ -137,3 +141,4 @@ def route_ray_output() -> None:
         worker.print_to_stdstream = lambda data, ignore_prefix=False: _ray_lines(data)
     except (ImportError, AttributeError) as error:
         print(f"{PRODUCT_TAG} cannot quiet Ray's output on this Ray ({error}); showing it all")
+    split_native_stderr(lambda line: _write([line], "ray-core-worker"))
