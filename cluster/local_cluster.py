@@ -23,12 +23,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from cluster.auth import TOKEN_ENV, TokenError, ensure_token_file, read_token_file, token_auth_env
+from pipeline.options import option
 from pipeline.run_storage import STORAGE_ROOT_ENV
 
 HOST = "127.0.0.1"
@@ -47,42 +48,29 @@ class ClusterError(RuntimeError):
 class LocalClusterConfig:
     """Where and how `facs cluster up` runs the Ray head and the MLflow server."""
 
-    run_dir: str = field(
-        default=".facs-cluster",
-        metadata={"help": "directory for the state file, PIDs, logs, token and MLflow store"},
+    run_dir: str = option(
+        ".facs-cluster", "directory for the state file, PIDs, logs, token and MLflow store"
     )
-    ray_port: int = field(default=6379, metadata={"help": "Ray GCS port"})
-    dashboard_port: int = field(
-        default=8265, metadata={"help": "Ray dashboard / Jobs API port (127.0.0.1 only)"}
+    ray_port: int = option(6379, "Ray GCS port")
+    dashboard_port: int = option(8265, "Ray dashboard / Jobs API port (127.0.0.1 only)")
+    client_server_port: int = option(
+        10001, "Ray Client server port (when ray[client] is installed)"
     )
-    client_server_port: int = field(
-        default=10001, metadata={"help": "Ray Client server port (when ray[client] is installed)"}
+    dashboard_agent_port: int = option(52365, "Ray dashboard agent HTTP port")
+    mlflow_port: int = option(5000, "MLflow tracking server port")
+    artifact_root: str | None = option(
+        None,
+        "where the MLflow server stores artifacts: a path or s3://bucket/prefix "
+        "(default: <run_dir>/mlartifacts)",
     )
-    dashboard_agent_port: int = field(
-        default=52365, metadata={"help": "Ray dashboard agent HTTP port"}
+    storage_root: str | None = option(
+        None,
+        "where jobs put runs, checkpoints and reports by default (FACS_STORAGE_ROOT): "
+        "a folder or s3://bucket/prefix (default: <run_dir>/runs); kept by `down`",
     )
-    mlflow_port: int = field(default=5000, metadata={"help": "MLflow tracking server port"})
-    artifact_root: str | None = field(
-        default=None,
-        metadata={
-            "help": "where the MLflow server stores artifacts: a path or s3://bucket/prefix "
-            "(default: <run_dir>/mlartifacts)"
-        },
-    )
-    storage_root: str | None = field(
-        default=None,
-        metadata={
-            "help": "where jobs put runs, checkpoints and reports by default (FACS_STORAGE_ROOT): "
-            "a folder or s3://bucket/prefix (default: <run_dir>/runs); kept by `down`"
-        },
-    )
-    num_cpus: int | None = field(
-        default=None, metadata={"help": "CPUs the Ray head offers (default: all)"}
-    )
-    mlflow_workers: int = field(default=1, metadata={"help": "MLflow server worker processes"})
-    start_timeout_s: float = field(
-        default=120.0, metadata={"help": "seconds to wait for both services to become healthy"}
-    )
+    num_cpus: int | None = option(None, "CPUs the Ray head offers (default: all)")
+    mlflow_workers: int = option(1, "MLflow server worker processes")
+    start_timeout_s: float = option(120.0, "seconds to wait for both services to become healthy")
 
 
 @dataclass

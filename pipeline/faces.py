@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from pipeline.images import ImageDecodeError, decode_gray
+from pipeline.options import option
 from pipeline.rejects import RejectReason
 from pipeline.vocabulary import FACE_SIZE
 
@@ -27,76 +28,50 @@ _SSD_SIDE = 300
 class FaceConfig:
     """How faces are found and cropped. Defaults were tuned on the real photos in shared/data/faces."""
 
-    detector: Literal["haar", "cascade", "dlib-hog", "dlib-cnn", "dnn", "none"] = field(
-        default="cascade",
-        metadata={
-            "help": "haar: OpenCV's frontal-face Haar cascade (ships with opencv-python, offline); "
-            "cascade (default): frontal, then profile cascades both ways round, then tilted +-25 "
-            "degrees (turned and tilted faces; offline); "
-            "dlib-hog / dlib-cnn: dlib's HOG or CNN detector (pip install -e '.[dlib]'; offline); "
-            "dnn: OpenCV DNN detector from --model-path (res10 SSD .caffemodel + --prototxt-path, "
-            "or YuNet .onnx); none: the image already is a face crop (or use a given face box)"
-        },
+    detector: Literal["haar", "cascade", "dlib-hog", "dlib-cnn", "dnn", "none"] = option(
+        "cascade",
+        "haar: OpenCV's frontal-face Haar cascade (ships with opencv-python, offline); "
+        "cascade (default): frontal, then profile cascades both ways round, then tilted +-25 "
+        "degrees (turned and tilted faces; offline); "
+        "dlib-hog / dlib-cnn: dlib's HOG or CNN detector (pip install -e '.[dlib]'; offline); "
+        "dnn: OpenCV DNN detector from --model-path (res10 SSD .caffemodel + --prototxt-path, "
+        "or YuNet .onnx); none: the image already is a face crop (or use a given face box)",
     )
-    model_path: str | None = field(
-        default=None,
-        metadata={"help": "dnn only: res10 SSD weights (.caffemodel / .pb) or YuNet model (.onnx)"},
+    model_path: str | None = option(
+        None, "dnn only: res10 SSD weights (.caffemodel / .pb) or YuNet model (.onnx)"
     )
-    prototxt_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "dnn only: network description for a res10 SSD model (.prototxt / .pbtxt)"
-        },
+    prototxt_path: str | None = option(
+        None, "dnn only: network description for a res10 SSD model (.prototxt / .pbtxt)"
     )
-    min_confidence: float = field(
-        default=0.5, metadata={"help": "dnn only: smallest detection score accepted as a face"}
+    min_confidence: float = option(0.5, "dnn only: smallest detection score accepted as a face")
+    margin: float = option(
+        0.2, "crop margin added on each side of the face box, as a fraction of its side"
     )
-    margin: float = field(
-        default=0.2,
-        metadata={
-            "help": "crop margin added on each side of the face box, as a fraction of its side"
-        },
+    detect_max_side: int = option(
+        640,
+        "detect on a copy downscaled to at most this many pixels on its longer side "
+        "(speed), then crop from the full-resolution image (detail of small faces)",
     )
-    detect_max_side: int = field(
-        default=640,
-        metadata={
-            "help": "detect on a copy downscaled to at most this many pixels on its longer side "
-            "(speed), then crop from the full-resolution image (detail of small faces)"
-        },
+    min_face_fraction: float = option(
+        0.1, "smallest face accepted, as a fraction of the image's shorter side"
     )
-    min_face_fraction: float = field(
-        default=0.1,
-        metadata={"help": "smallest face accepted, as a fraction of the image's shorter side"},
+    haar_scale_factor: float = option(
+        1.1, "haar only: pyramid step between detection scales (larger: faster, may miss)"
     )
-    haar_scale_factor: float = field(
-        default=1.1,
-        metadata={
-            "help": "haar only: pyramid step between detection scales (larger: faster, may miss)"
-        },
+    haar_min_neighbors: int = option(
+        5, "haar only: overlapping hits needed to accept a face (larger: fewer false faces)"
     )
-    haar_min_neighbors: int = field(
-        default=5,
-        metadata={
-            "help": "haar only: overlapping hits needed to accept a face (larger: fewer false faces)"
-        },
+    haar_first_pass_fraction: float = option(
+        0.25,
+        "haar only: first search faces of at least this fraction of the shorter side "
+        "(fast), and down to --min-face-fraction only when none is found; 0 searches all at once",
     )
-    haar_first_pass_fraction: float = field(
-        default=0.25,
-        metadata={
-            "help": "haar only: first search faces of at least this fraction of the shorter side "
-            "(fast), and down to --min-face-fraction only when none is found; 0 searches all at once"
-        },
+    opencv_threads: int = option(
+        1,
+        "cv2.setNumThreads on each worker: 1 when Ray already runs one worker per core; "
+        "-1 restores OpenCV's default (all cores)",
     )
-    opencv_threads: int = field(
-        default=1,
-        metadata={
-            "help": "cv2.setNumThreads on each worker: 1 when Ray already runs one worker per core; "
-            "-1 restores OpenCV's default (all cores)"
-        },
-    )
-    size: int = field(
-        default=FACE_SIZE, metadata={"help": "side in pixels of the stored square grayscale face"}
-    )
+    size: int = option(FACE_SIZE, "side in pixels of the stored square grayscale face")
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:

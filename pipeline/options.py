@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses <- YAML file <- CLI flags (flags win), with generated ``--help``.
 
-A config is a dataclass whose fields carry ``metadata={"help": ...}``; nested dataclasses become
+A config is a dataclass whose fields are declared with :func:`option` (a default and its help); nested dataclasses become
 flag groups (``face.detector`` -> ``--face-detector``). Its ``__post_init__`` lists its checks
 (``at_least``, ``at_least_each``, or ``(holds, what was expected)`` pairs) and ``raise_failed``
 names the first that fails.
@@ -47,6 +47,14 @@ def at_least(
 def at_least_each(config: object, **lows: float) -> Checks:
     """``at_least`` for each field of ``config`` named in ``lows``, against its lower bound."""
     return [at_least(name, getattr(config, name), low) for name, low in lows.items()]
+
+
+def option(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field and its ``--help`` text: ``folds: int = option(3, "cross-validation folds")``;
+    ``factory`` makes a mutable default (``option(factory=list, help=...)``)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def _flag(name: str) -> str:

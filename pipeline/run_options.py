@@ -3,8 +3,9 @@ its runs go, and which MLflow store tracks them (both saying what an unset one f
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Any
+
+from pipeline.options import option
 
 #: What an unset ``--mlflow-uri`` means (``training.tracking.resolve_tracking_uri``).
 DEFAULT_TRACKING = "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
@@ -13,18 +14,13 @@ DEFAULT_TRACKING = "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
 def mlflow_uri_field(used_for: str = "", fallback: str = DEFAULT_TRACKING) -> Any:
     """A stage's ``mlflow_uri`` option: the tracking URI ``used_for`` says what of; none =
     ``fallback``."""
-    return field(
-        default=None, metadata={"help": f"MLflow tracking URI{used_for}; none = {fallback}"}
-    )
+    return option(None, f"MLflow tracking URI{used_for}; none = {fallback}")
 
 
 def stage_output_field(what: str, stage: str) -> Any:
     """A stage's output-root option (``what`` goes there); none = the stage's default, as
     ``pipeline.run_storage.default_output`` picks it for ``stage``."""
-    return field(
-        default=None,
-        metadata={
-            "help": f"{what}; none = $FACS_STORAGE_ROOT/{stage}, else ./runs/{stage} "
-            "(refused in a Ray job)"
-        },
+    return option(
+        None,
+        f"{what}; none = $FACS_STORAGE_ROOT/{stage}, else ./runs/{stage} (refused in a Ray job)",
     )

@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline.options import at_least, raise_failed
+from pipeline.options import at_least, option, raise_failed
 
 
 @dataclass(kw_only=True)
 class AugmentConfig:
     """The training augmentation recipe. Magnitudes are those of the paper's own data reader."""
 
-    enabled: bool = field(default=True, metadata={"help": "Augment training batches at all."})
-    hflip_prob: float = field(
-        default=0.5, metadata={"help": "Probability of a horizontal (left-right) flip."}
+    enabled: bool = option(True, "Augment training batches at all.")
+    hflip_prob: float = option(0.5, "Probability of a horizontal (left-right) flip.")
+    rotation_degrees: float = option(20.0, "Rotation drawn uniformly from [-d, d] degrees.")
+    shift: float = option(
+        0.08, "Shift in x and y, each drawn from [-s, s] as a fraction of the side."
     )
-    rotation_degrees: float = field(
-        default=20.0, metadata={"help": "Rotation drawn uniformly from [-d, d] degrees."}
+    scale_min: float = option(0.95, "Lower bound of the zoom factor.")
+    scale_max: float = option(1.05, "Upper bound of the zoom factor.")
+    skew: float = option(0.05, "Shear factors in x and y, each drawn from [-k, k].")
+    strength: float = option(
+        1.0,
+        "Multiplier on all magnitudes (0 = identity); the flip probability is "
+        "multiplied by min(strength, 1).",
     )
-    shift: float = field(
-        default=0.08,
-        metadata={"help": "Shift in x and y, each drawn from [-s, s] as a fraction of the side."},
-    )
-    scale_min: float = field(default=0.95, metadata={"help": "Lower bound of the zoom factor."})
-    scale_max: float = field(default=1.05, metadata={"help": "Upper bound of the zoom factor."})
-    skew: float = field(
-        default=0.05, metadata={"help": "Shear factors in x and y, each drawn from [-k, k]."}
-    )
-    strength: float = field(
-        default=1.0,
-        metadata={
-            "help": "Multiplier on all magnitudes (0 = identity); the flip probability is "
-            "multiplied by min(strength, 1)."
-        },
-    )
-    padding_mode: str = field(
-        default="border",
-        metadata={
-            "help": "How pixels warped in from outside are filled: border, zeros, reflection."
-        },
+    padding_mode: str = option(
+        "border", "How pixels warped in from outside are filled: border, zeros, reflection."
     )
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.disfa import DisfaConfig
-from pipeline.options import at_least, raise_failed
+from pipeline.options import at_least, option, raise_failed
 from training.job_config import TrainingJobConfig
 
 #: The name the fine-tuned DISFA model is registered under in the MLflow model registry.
@@ -19,149 +19,101 @@ MONITORS: dict[str, bool] = {"val_loss": True, "val_f1_mean": False, "val_pr_auc
 class FinetuneConfig(TrainingJobConfig):
     """Everything a cross-validated fine-tuning run needs (one Ray Train trainer per fold)."""
 
-    cache_data: bool = field(
-        default=True,
-        metadata={
-            "help": "read each fold once in the driver into Ray's object store (else stream it "
-            "from the cache every epoch)"
-        },
+    cache_data: bool = option(
+        True,
+        "read each fold once in the driver into Ray's object store (else stream it "
+        "from the cache every epoch)",
     )
-    lr: float = field(
-        default=1e-3,
-        metadata={"help": "Adam learning rate (the paper: 1e-4; see README: departures)"},
+    lr: float = option(1e-3, "Adam learning rate (the paper: 1e-4; see README: departures)")
+    pixel_mean: float | None = option(
+        None, "mean pixel in [0, 1]; none = the mean of each fold's training frames"
     )
-    pixel_mean: float | None = field(
-        default=None,
-        metadata={"help": "mean pixel in [0, 1]; none = the mean of each fold's training frames"},
-    )
-    experiment: str = field(default="facs-finetune", metadata={"help": "MLflow experiment"})
-    register_as: str = field(
-        default=REGISTERED_MODEL_NAME,
-        metadata={"help": "registered model name of the final model ('' = do not register)"},
+    experiment: str = option("facs-finetune", "MLflow experiment")
+    register_as: str = option(
+        REGISTERED_MODEL_NAME, "registered model name of the final model ('' = do not register)"
     )
 
     disfa: DisfaConfig = field(default_factory=DisfaConfig)
-    pretrained: str = field(
-        default="",
-        metadata={
-            "help": "pre-trained weights: models:/facs-vgg13-pretrained/3, runs:/<id>/model or a "
-            "checkpoint folder (local or s3://)"
-        },
+    pretrained: str = option(
+        "",
+        "pre-trained weights: models:/facs-vgg13-pretrained/3, runs:/<id>/model or a "
+        "checkpoint folder (local or s3://)",
     )
-    init: Literal["pretrained", "scratch"] = field(
-        default="pretrained",
-        metadata={"help": "start from --pretrained, or from random weights (the baseline)"},
+    init: Literal["pretrained", "scratch"] = option(
+        "pretrained", "start from --pretrained, or from random weights (the baseline)"
     )
-    compare_init: bool = field(
-        default=False,
-        metadata={
-            "help": "run scratch and pretrained side by side (same folds, seeds and budget) and "
-            "report both"
-        },
+    compare_init: bool = option(
+        False,
+        "run scratch and pretrained side by side (same folds, seeds and budget) and report both",
     )
 
-    head_init: Literal["fresh", "pretrained_rows"] = field(
-        default="pretrained_rows",
-        metadata={
-            "help": "the new 12-AU head: fresh (the paper: a newly initialised output layer) or "
-            "pretrained_rows (each DISFA AU's logit starts from the pre-trained 17-AU head's row "
-            "of that AU); scratch networks always start fresh"
-        },
+    head_init: Literal["fresh", "pretrained_rows"] = option(
+        "pretrained_rows",
+        "the new 12-AU head: fresh (the paper: a newly initialised output layer) or "
+        "pretrained_rows (each DISFA AU's logit starts from the pre-trained 17-AU head's row "
+        "of that AU); scratch networks always start fresh",
     )
-    labeler_openface: str = field(
-        default="",
-        metadata={
-            "help": "folder of OpenFace 2.0 FeatureExtraction CSVs of the DISFA videos (one per "
-            "video, named like it: RightVideoSN001_comp.csv): the labeler is scored on each "
-            "fold's test frames as Table III's 'OpenFace 2.0 (measured here)' row"
-        },
+    labeler_openface: str = option(
+        "",
+        "folder of OpenFace 2.0 FeatureExtraction CSVs of the DISFA videos (one per "
+        "video, named like it: RightVideoSN001_comp.csv): the labeler is scored on each "
+        "fold's test frames as Table III's 'OpenFace 2.0 (measured here)' row",
     )
 
-    folds: int = field(default=3, metadata={"help": "cross-validation folds (the paper: 3)"})
-    fold_scheme: Literal["paper", "seeded"] = field(
-        default="paper",
-        metadata={
-            "help": "paper: the released fold<k>_test.csv subjects (restricted to those present); "
-            "seeded: a random subject split"
-        },
+    folds: int = option(3, "cross-validation folds (the paper: 3)")
+    fold_scheme: Literal["paper", "seeded"] = option(
+        "paper",
+        "paper: the released fold<k>_test.csv subjects (restricted to those present); "
+        "seeded: a random subject split",
     )
-    fold_seed: int = field(
-        default=0, metadata={"help": "seed of the seeded split and of the validation subjects"}
+    fold_seed: int = option(0, "seed of the seeded split and of the validation subjects")
+    val_subjects: int = option(
+        2, "training subjects per fold held out (by subject) for early stopping"
     )
-    val_subjects: int = field(
-        default=2,
-        metadata={"help": "training subjects per fold held out (by subject) for early stopping"},
+    only_folds: list[int] = option(factory=list, help="run only these folds (1-based); empty = all")
+    concurrent_folds: int = option(
+        1,
+        "trainers running at the same time (each steps folds_per_trainer folds); "
+        "0 = all at once. Ray queues trainers that do not fit the cluster",
     )
-    only_folds: list[int] = field(
-        default_factory=list,
-        metadata={"help": "run only these folds (1-based); empty = all"},
-    )
-    concurrent_folds: int = field(
-        default=1,
-        metadata={
-            "help": "trainers running at the same time (each steps folds_per_trainer folds); "
-            "0 = all at once. Ray queues trainers that do not fit the cluster"
-        },
-    )
-    folds_per_trainer: int = field(
-        default=1,
-        metadata={
-            "help": "folds of an arm one trainer steps in lock-step (0 = all of them): fewer "
-            "trainer start-ups (about 20 s each on 2 CPU cores), less fold parallelism"
-        },
+    folds_per_trainer: int = option(
+        1,
+        "folds of an arm one trainer steps in lock-step (0 = all of them): fewer "
+        "trainer start-ups (about 20 s each on 2 CPU cores), less fold parallelism",
     )
 
-    freeze_blocks: int = field(
-        default=0, metadata={"help": "freeze the first k conv blocks (0-4) of the network"}
+    freeze_blocks: int = option(0, "freeze the first k conv blocks (0-4) of the network")
+    freeze_classifier: bool = option(
+        False,
+        "also freeze the two FC layers (no dropout there); with --freeze-blocks 4 "
+        "only the new head learns: a linear probe of the pre-trained features",
     )
-    freeze_classifier: bool = field(
-        default=False,
-        metadata={
-            "help": "also freeze the two FC layers (no dropout there); with --freeze-blocks 4 "
-            "only the new head learns: a linear probe of the pre-trained features"
-        },
+    dropout: float | None = option(
+        None,
+        "dropout of the fully connected layers while fine-tuning; none = the "
+        "network's own (model.dropout_fc, or the pre-trained model's)",
     )
-    dropout: float | None = field(
-        default=None,
-        metadata={
-            "help": "dropout of the fully connected layers while fine-tuning; none = the "
-            "network's own (model.dropout_fc, or the pre-trained model's)"
-        },
+    class_weighting: bool = option(
+        True,
+        "weight each AU's positives by negatives/positives of the training frames (BCE pos_weight)",
     )
-    class_weighting: bool = field(
-        default=True,
-        metadata={
-            "help": "weight each AU's positives by negatives/positives of the training frames "
-            "(BCE pos_weight)"
-        },
+    max_pos_weight: float = option(5.0, "upper bound on an AU's positive weight")
+
+    monitor: Literal["val_loss", "val_f1_mean", "val_pr_auc_mean"] = option(
+        "val_f1_mean", "validation figure for early stopping and the kept (best) weights"
     )
-    max_pos_weight: float = field(
-        default=5.0, metadata={"help": "upper bound on an AU's positive weight"}
+    threshold: float = option(0.5, "probability at which an AU counts as present (F1)")
+    threshold_policy: Literal["fixed", "tuned"] = option(
+        "fixed",
+        "fixed: every AU at --threshold (the paper, Table III); tuned: per-AU "
+        "thresholds tuned on each fold's validation subjects. Both are logged either way; "
+        "this names the headline one",
     )
 
-    monitor: Literal["val_loss", "val_f1_mean", "val_pr_auc_mean"] = field(
-        default="val_f1_mean",
-        metadata={"help": "validation figure for early stopping and the kept (best) weights"},
+    final_model: Literal["best_fold", "none"] = option(
+        "best_fold", "best_fold: log and register the fold model with the best validation monitor"
     )
-    threshold: float = field(
-        default=0.5, metadata={"help": "probability at which an AU counts as present (F1)"}
-    )
-    threshold_policy: Literal["fixed", "tuned"] = field(
-        default="fixed",
-        metadata={
-            "help": "fixed: every AU at --threshold (the paper, Table III); tuned: per-AU "
-            "thresholds tuned on each fold's validation subjects. Both are logged either way; "
-            "this names the headline one"
-        },
-    )
-
-    final_model: Literal["best_fold", "none"] = field(
-        default="best_fold",
-        metadata={
-            "help": "best_fold: log and register the fold model with the best validation monitor"
-        },
-    )
-    plots: bool = field(default=True, metadata={"help": "write per-AU PR and ROC curve PNGs"})
+    plots: bool = option(True, "write per-AU PR and ROC curve PNGs")
 
     def __post_init__(self) -> None:
         checks = self.job_checks() + [

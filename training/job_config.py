@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.options import Checks, at_least, at_least_each
+from pipeline.options import Checks, at_least, at_least_each, option
 from pipeline.run_options import DEFAULT_TRACKING, mlflow_uri_field
 from training.augment_config import AugmentConfig
 from training.model_config import ModelConfig
@@ -20,85 +20,57 @@ class TrainingJobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    workers: int = field(default=1, metadata={"help": "data-parallel training workers (DDP)"})
-    gpus_per_worker: float = field(
-        default=0.0, metadata={"help": "GPUs per worker; 0 trains on CPU (gloo), >0 on GPU (NCCL)"}
+    workers: int = option(1, "data-parallel training workers (DDP)")
+    gpus_per_worker: float = option(
+        0.0, "GPUs per worker; 0 trains on CPU (gloo), >0 on GPU (NCCL)"
     )
-    cpus_per_worker: float = field(
-        default=1.0,
-        metadata={"help": "CPUs reserved per worker (leave some free for Ray Data's read tasks)"},
+    cpus_per_worker: float = option(
+        1.0, "CPUs reserved per worker (leave some free for Ray Data's read tasks)"
     )
-    batch_size: int = field(default=32, metadata={"help": "samples per step on each worker"})
+    batch_size: int = option(32, "samples per step on each worker")
 
-    lr: float = field(
-        default=0.001,
-        metadata={"help": "Adam learning rate (see README: departures from the paper)"},
+    lr: float = option(0.001, "Adam learning rate (see README: departures from the paper)")
+    beta1: float = option(0.9, "Adam beta1 (momentum)")
+    beta2: float = option(0.999, "Adam beta2")
+    weight_decay: float = option(0.0, "Adam L2 weight decay")
+    max_epochs: int = option(100, "upper bound on epochs")
+    patience: int = option(10, "stop after this many epochs without a better monitor (0 = never)")
+    min_delta: float = option(0.0, "the monitor must improve by more than this to count")
+    batches_per_epoch: int | None = option(
+        None, "cap on training steps per epoch (tests, benchmarks)"
     )
-    beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (momentum)"})
-    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
-    max_epochs: int = field(default=100, metadata={"help": "upper bound on epochs"})
-    patience: int = field(
-        default=10,
-        metadata={"help": "stop after this many epochs without a better monitor (0 = never)"},
+    val_batches: int | None = option(None, "cap on validation batches per worker per epoch")
+    shuffle_buffer: int = option(4096, "rows in each worker's local shuffle buffer (0 = off)")
+    cache_data: bool = option(False, "read the data once into Ray's object store")
+    prefetch_batches: int = option(4, "batches each worker prepares ahead of the step")
+    pixel_mean: float | None = option(
+        None, "mean pixel in [0, 1] to subtract; none = that of the training data"
     )
-    min_delta: float = field(
-        default=0.0, metadata={"help": "the monitor must improve by more than this to count"}
-    )
-    batches_per_epoch: int | None = field(
-        default=None, metadata={"help": "cap on training steps per epoch (tests, benchmarks)"}
-    )
-    val_batches: int | None = field(
-        default=None, metadata={"help": "cap on validation batches per worker per epoch"}
-    )
-    shuffle_buffer: int = field(
-        default=4096, metadata={"help": "rows in each worker's local shuffle buffer (0 = off)"}
-    )
-    cache_data: bool = field(
-        default=False, metadata={"help": "read the data once into Ray's object store"}
-    )
-    prefetch_batches: int = field(
-        default=4, metadata={"help": "batches each worker prepares ahead of the step"}
-    )
-    pixel_mean: float | None = field(
-        default=None,
-        metadata={"help": "mean pixel in [0, 1] to subtract; none = that of the training data"},
-    )
-    seed: int = field(default=0, metadata={"help": "seed for weights, shuffling, augmentation"})
+    seed: int = option(0, "seed for weights, shuffling, augmentation")
 
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
-    channels_last: bool = field(
-        default=True,
-        metadata={"help": "channels_last memory format (CPU and GPU; 1.5x faster steps on CPU)"},
+    bf16: bool = option(True, "bf16 autocast on GPU (ignored on CPU)")
+    channels_last: bool = option(
+        True, "channels_last memory format (CPU and GPU; 1.5x faster steps on CPU)"
     )
 
-    storage_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "where runs and checkpoints go: local folder (shared) or s3:// URI; none = "
-            "$FACS_STORAGE_ROOT/pretrain (or /finetune), else ./runs/pretrain (./runs/finetune; "
-            "refused in a Ray job, whose working dir is temporary)"
-        },
+    storage_path: str | None = option(
+        None,
+        "where runs and checkpoints go: local folder (shared) or s3:// URI; none = "
+        "$FACS_STORAGE_ROOT/pretrain (or /finetune), else ./runs/pretrain (./runs/finetune; "
+        "refused in a Ray job, whose working dir is temporary)",
     )
-    run_name: str | None = field(
-        default=None,
-        metadata={"help": "name of the run's folder; none = pretrain- (finetune-) <UTC timestamp>"},
+    run_name: str | None = option(
+        None, "name of the run's folder; none = pretrain- (finetune-) <UTC timestamp>"
     )
-    max_failures: int = field(
-        default=1,
-        metadata={"help": "worker failures to recover from (from the last checkpoint); -1 = any"},
+    max_failures: int = option(
+        1, "worker failures to recover from (from the last checkpoint); -1 = any"
     )
     mlflow_uri: str | None = mlflow_uri_field(
         ", e.g. http://host:5000", f"{DEFAULT_TRACKING} with artifacts in <cwd>/mlartifacts"
     )
-    experiment: str = field(default="facs", metadata={"help": "MLflow experiment name"})
-    register_as: str = field(
-        default="",
-        metadata={"help": "registered model name of the final model ('' = do not register)"},
-    )
-    log_every: int = field(
-        default=0, metadata={"help": "print progress every N steps within an epoch (0 = off)"}
-    )
+    experiment: str = option("facs", "MLflow experiment name")
+    register_as: str = option("", "registered model name of the final model ('' = do not register)")
+    log_every: int = option(0, "print progress every N steps within an epoch (0 = off)")
 
     @property
     def use_gpu(self) -> bool:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline.options import at_least_each, raise_failed
+from pipeline.options import at_least_each, option, raise_failed
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 
 #: Conv channels per block at width 1.0 (Table I): 64-64 / 128-128 / 256-256-256 / 256-256-256.
@@ -19,40 +19,25 @@ DOWNSAMPLING: int = 2 ** len(CONV_BLOCKS)
 class ModelConfig:
     """Everything that decides the network's shape; the training config embeds one."""
 
-    width: float = field(
-        default=1.0,
-        metadata={
-            "help": "Multiplier on every conv and FC width (1.0 = the paper; <1 for CPU tests)."
-        },
+    width: float = option(
+        1.0, "Multiplier on every conv and FC width (1.0 = the paper; <1 for CPU tests)."
     )
-    in_channels: int = field(
-        default=1,
-        metadata={
-            "help": "Input channels: 1 for the grayscale corpus (the paper's Table I says 3)."
-        },
+    in_channels: int = option(
+        1, "Input channels: 1 for the grayscale corpus (the paper's Table I says 3)."
     )
-    num_outputs: int = field(
-        default=len(OPENFACE_AUS),
-        metadata={
-            "help": "Logits in the head: 17 OpenFace AUs to pre-train, 12 DISFA AUs to fine-tune."
-        },
+    num_outputs: int = option(
+        len(OPENFACE_AUS),
+        "Logits in the head: 17 OpenFace AUs to pre-train, 12 DISFA AUs to fine-tune.",
     )
-    input_size: int = field(
-        default=FACE_SIZE,
-        metadata={"help": f"Side of the square input in pixels; a multiple of {DOWNSAMPLING}."},
+    input_size: int = option(
+        FACE_SIZE, f"Side of the square input in pixels; a multiple of {DOWNSAMPLING}."
     )
-    dropout_conv: float = field(
-        default=0.25, metadata={"help": "Dropout after each conv block's max-pool."}
-    )
-    dropout_fc: float = field(
-        default=0.5, metadata={"help": "Dropout after each hidden fully connected layer."}
-    )
-    batch_norm: bool = field(
-        default=True,
-        metadata={
-            "help": "BatchNorm after each conv (not in the paper, whose net collapses to a "
-            "constant output at these sizes; see README: departures)."
-        },
+    dropout_conv: float = option(0.25, "Dropout after each conv block's max-pool.")
+    dropout_fc: float = option(0.5, "Dropout after each hidden fully connected layer.")
+    batch_norm: bool = option(
+        True,
+        "BatchNorm after each conv (not in the paper, whose net collapses to a "
+        "constant output at these sizes; see README: departures).",
     )
 
     def __post_init__(self) -> None:

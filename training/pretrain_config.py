@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.options import at_least, raise_failed
+from pipeline.options import at_least, option, raise_failed
 from training.job_config import TrainingJobConfig
 
 #: The name the best pre-trained model is registered under in the MLflow model registry.
@@ -17,101 +17,68 @@ REGISTERED_MODEL_NAME = "facs-vgg13-pretrained"
 class PretrainConfig(TrainingJobConfig):
     """Everything a pre-training run needs: data, scale, optimiser, schedule, storage, tracking."""
 
-    lr: float = field(
-        default=0.002,
-        metadata={
-            "help": "Adam learning rate (the paper: 0.005, which collapses to a constant output "
-            "here; 2e-3 learned most at the demo's budget: README, departures)"
-        },
+    lr: float = option(
+        0.002,
+        "Adam learning rate (the paper: 0.005, which collapses to a constant output "
+        "here; 2e-3 learned most at the demo's budget: README, departures)",
     )
-    max_epochs: int = field(default=500, metadata={"help": "upper bound on epochs"})
-    patience: int = field(
-        default=20,
-        metadata={"help": "stop after this many epochs without a lower val loss (0 = never)"},
+    max_epochs: int = option(500, "upper bound on epochs")
+    patience: int = option(20, "stop after this many epochs without a lower val loss (0 = never)")
+    cache_data: bool = option(
+        True,
+        "read the corpus (or subset) once into Ray's object store when it fills at "
+        "most half of it, instead of streaming and filtering it from storage every epoch; a "
+        "larger one streams (measured: a 2,000-image subset, streamed, spent 30 to 75 percent of "
+        "each epoch waiting for data)",
     )
-    cache_data: bool = field(
-        default=True,
-        metadata={
-            "help": "read the corpus (or subset) once into Ray's object store when it fills at "
-            "most half of it, instead of streaming and filtering it from storage every epoch; a "
-            "larger one streams (measured: a 2,000-image subset, streamed, spent 30 to 75 percent of "
-            "each epoch waiting for data)"
-        },
+    max_failures: int = option(
+        3, "worker failures to recover from (from the last checkpoint); -1 = any"
     )
-    max_failures: int = field(
-        default=3,
-        metadata={"help": "worker failures to recover from (from the last checkpoint); -1 = any"},
+    pixel_mean: float | None = option(
+        None, "mean pixel in [0, 1] to subtract; none = computed from the train split"
     )
-    pixel_mean: float | None = field(
-        default=None,
-        metadata={"help": "mean pixel in [0, 1] to subtract; none = computed from the train split"},
-    )
-    experiment: str = field(default="facs-pretrain", metadata={"help": "MLflow experiment name"})
-    register_as: str = field(
-        default=REGISTERED_MODEL_NAME,
-        metadata={"help": "registered model name for the best model ('' = do not register)"},
+    experiment: str = option("facs-pretrain", "MLflow experiment name")
+    register_as: str = option(
+        REGISTERED_MODEL_NAME, "registered model name for the best model ('' = do not register)"
     )
 
-    corpus: str = field(
-        default="", metadata={"help": "corpus root: local folder or s3://bucket/prefix"}
-    )
-    version: int | None = field(
-        default=None, metadata={"help": "corpus version to train on; none = the latest"}
-    )
-    subset: str | None = field(
-        default=None, metadata={"help": "named corpus subset to train on; none = every row"}
+    corpus: str = option("", "corpus root: local folder or s3://bucket/prefix")
+    version: int | None = option(None, "corpus version to train on; none = the latest")
+    subset: str | None = option(None, "named corpus subset to train on; none = every row")
+
+    global_batch_size: int | None = option(
+        None, "samples per step over all workers; overrides batch_size (must divide evenly)"
     )
 
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "samples per step over all workers; overrides batch_size (must divide evenly)"
-        },
+    schedule: Literal["constant", "step", "cosine"] = option(
+        "constant",
+        "constant; step: lr x step_factors after step_epochs (the paper's); cosine: "
+        "half a cosine to 0 at the step budget (max_steps, step by step), else at max_epochs",
+    )
+    step_epochs: list[int] = option(
+        factory=lambda: [20, 40], help="epochs after which the step schedule changes the lr"
+    )
+    step_factors: list[float] = option(
+        factory=lambda: [0.5, 0.1], help="lr multipliers (of --lr) from each of step_epochs on"
+    )
+    max_steps: int | None = option(
+        None,
+        "optimizer-step budget: stop after this many steps in all (the last epoch "
+        "is cut short), so runs on more or fewer images train alike; none = epochs decide",
+    )
+    min_steps_per_epoch: int = option(
+        0,
+        "an epoch repeats passes over the training split (each reshuffled) until it "
+        "has taken this many steps: small subsets under a step budget otherwise spend most "
+        "of their time validating and checkpointing (0 = one pass)",
     )
 
-    schedule: Literal["constant", "step", "cosine"] = field(
-        default="constant",
-        metadata={
-            "help": "constant; step: lr x step_factors after step_epochs (the paper's); cosine: "
-            "half a cosine to 0 at the step budget (max_steps, step by step), else at max_epochs"
-        },
-    )
-    step_epochs: list[int] = field(
-        default_factory=lambda: [20, 40],
-        metadata={"help": "epochs after which the step schedule changes the lr"},
-    )
-    step_factors: list[float] = field(
-        default_factory=lambda: [0.5, 0.1],
-        metadata={"help": "lr multipliers (of --lr) from each of step_epochs on"},
-    )
-    max_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "optimizer-step budget: stop after this many steps in all (the last epoch "
-            "is cut short), so runs on more or fewer images train alike; none = epochs decide"
-        },
-    )
-    min_steps_per_epoch: int = field(
-        default=0,
-        metadata={
-            "help": "an epoch repeats passes over the training split (each reshuffled) until it "
-            "has taken this many steps: small subsets under a step budget otherwise spend most "
-            "of their time validating and checkpointing (0 = one pass)"
-        },
-    )
+    compile: bool = option(False, "torch.compile the model")
 
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "continue a stopped run (--run-name, else the newest) from its last checkpoint"
-        },
+    resume: bool = option(
+        False, "continue a stopped run (--run-name, else the newest) from its last checkpoint"
     )
-    keep_checkpoints: int = field(
-        default=1,
-        metadata={"help": "best checkpoints (by val loss) kept besides the latest"},
-    )
+    keep_checkpoints: int = option(1, "best checkpoints (by val loss) kept besides the latest")
 
     def __post_init__(self) -> None:
         checks = self.job_checks() + [

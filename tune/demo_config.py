@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.options import at_least_each, raise_failed
+from pipeline.options import at_least_each, option, raise_failed
 from pipeline.run_options import mlflow_uri_field
 
 
@@ -81,60 +81,44 @@ def _override(help_text: str) -> dict:
 class DemoConfig:
     """`facs demo`: synthetic worlds -> corpus -> pre-training -> 3-fold fine-tuning -> Table III."""
 
-    scale: ScaleName = field(
-        default="small",
-        metadata={
-            "help": "preset size: tiny (tests, about 3 min), small (the method shown, about 9 "
-            "min on 2 CPU cores), medium (about 1.5 hours on 2 cores), paper (DISFA's full "
-            "sessions, width 1.0: a GPU cluster)"
-        },
+    scale: ScaleName = option(
+        "small",
+        "preset size: tiny (tests, about 3 min), small (the method shown, about 9 "
+        "min on 2 CPU cores), medium (about 1.5 hours on 2 cores), paper (DISFA's full "
+        "sessions, width 1.0: a GPU cluster)",
     )
-    workdir: str = field(
-        default="./facs-demo",
-        metadata={
-            "help": "where everything goes (worlds, corpus, checkpoints, DISFA cache, report): a "
-            "local folder, or s3://bucket/prefix on a multi-node cluster"
-        },
+    workdir: str = option(
+        "./facs-demo",
+        "where everything goes (worlds, corpus, checkpoints, DISFA cache, report): a "
+        "local folder, or s3://bucket/prefix on a multi-node cluster",
     )
-    local_dir: str = field(
-        default="",
-        metadata={
-            "help": "local folder for the default MLflow store when --workdir is on S3 and no "
-            "--mlflow-uri is given; empty = ./facs-demo-mlflow"
-        },
+    local_dir: str = option(
+        "",
+        "local folder for the default MLflow store when --workdir is on S3 and no "
+        "--mlflow-uri is given; empty = ./facs-demo-mlflow",
     )
     mlflow_uri: str | None = mlflow_uri_field(
         " (e.g. http://head:5000)", "MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
     )
-    experiment: str = field(
-        default="facs-demo", metadata={"help": "MLflow experiment holding every run of the demo"}
+    experiment: str = option("facs-demo", "MLflow experiment holding every run of the demo")
+    seed: int = option(0, "seed of both worlds and of training")
+    label_noise: float = option(
+        1.0,
+        "the noisy labeler's noise, for both worlds (1.0: its 8-AU F1 on the DISFA "
+        "world is OpenFace 2.0's 53.6 +- 5)",
     )
-    seed: int = field(default=0, metadata={"help": "seed of both worlds and of training"})
-    label_noise: float = field(
-        default=1.0,
-        metadata={
-            "help": "the noisy labeler's noise, for both worlds (1.0: its 8-AU F1 on the DISFA "
-            "world is OpenFace 2.0's 53.6 +- 5)"
-        },
+    wild_noise: float = option(
+        0.0,
+        "the labeler's extra false alarms on celebrity photos (0 = its DISFA error "
+        "rates; 1.0 = OpenFace's MS-Celeb label rates, which at demo scale leave pre-training "
+        "nothing to learn; see README: departures)",
     )
-    wild_noise: float = field(
-        default=0.0,
-        metadata={
-            "help": "the labeler's extra false alarms on celebrity photos (0 = its DISFA error "
-            "rates; 1.0 = OpenFace's MS-Celeb label rates, which at demo scale leave pre-training "
-            "nothing to learn; see README: departures)"
-        },
+    recipe: str = option(
+        "",
+        "a recipe YAML with pretrain: and finetune: sections (configs/paper.yaml = "
+        "the paper's recipe) applied over the demo's own; '' = the product's defaults",
     )
-    recipe: str = field(
-        default="",
-        metadata={
-            "help": "a recipe YAML with pretrain: and finetune: sections (configs/paper.yaml = "
-            "the paper's recipe) applied over the demo's own; '' = the product's defaults"
-        },
-    )
-    gpus_per_worker: float = field(
-        default=0.0, metadata={"help": "GPUs per training worker (0 = train on CPU)"}
-    )
+    gpus_per_worker: float = option(0.0, "GPUs per training worker (0 = train on CPU)")
     people: int | None = field(default=None, metadata=_override("synthetic celebrities"))
     images_per_person: int | None = field(default=None, metadata=_override("photos per person"))
     disfa_subjects: int | None = field(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.disfa import DisfaConfig
-from pipeline.options import at_least, raise_failed
+from pipeline.options import at_least, option, raise_failed
 from pipeline.run_options import mlflow_uri_field, stage_output_field
 from training.finetune_config import FinetuneConfig
 from training.pretrain_config import PretrainConfig
@@ -45,87 +45,63 @@ class ScalingStudyConfig:
     """One scaling experiment: subsets of the corpus by images and by people, each pre-trained and
     fine-tuned with the same ``pretrain`` and ``finetune`` settings (only the subset differs)."""
 
-    corpus: str = field(default="", metadata={"help": "corpus root (local folder or s3:// URI)"})
-    corpus_version: int | None = field(
-        default=None, metadata={"help": "corpus version the subsets are drawn from; none = latest"}
+    corpus: str = option("", "corpus root (local folder or s3:// URI)")
+    corpus_version: int | None = option(
+        None, "corpus version the subsets are drawn from; none = latest"
     )
     disfa: DisfaConfig = field(default_factory=DisfaConfig)
-    images: list[str] = field(
-        default_factory=lambda: list(PAPER_IMAGES),
-        metadata={
-            "help": "numbers of pre-training images (Table IV, Figure 3); 'all' = every labelled "
-            "training image of the version"
-        },
+    images: list[str] = option(
+        factory=lambda: list(PAPER_IMAGES),
+        help="numbers of pre-training images (Table IV, Figure 3); 'all' = every labelled "
+        "training image of the version",
     )
-    identities: list[str] = field(
-        default_factory=lambda: list(PAPER_IDENTITIES),
-        metadata={
-            "help": "numbers of distinct people pre-trained on (Table V, Figure 4); 'all' = "
-            "every person"
-        },
+    identities: list[str] = option(
+        factory=lambda: list(PAPER_IDENTITIES),
+        help="numbers of distinct people pre-trained on (Table V, Figure 4); 'all' = every person",
     )
-    identity_images: int | None = field(
-        default=None,
-        metadata={
-            "help": "image budget of every point on the people axis: its N people share it "
-            "evenly (6000: 30 x 200, 120 x 50, 600 x 10 images), so only the number of people "
-            "varies; none = all images of each person (then the image count varies too)"
-        },
+    identity_images: int | None = option(
+        None,
+        "image budget of every point on the people axis: its N people share it "
+        "evenly (6000: 30 x 200, 120 x 50, 600 x 10 images), so only the number of people "
+        "varies; none = all images of each person (then the image count varies too)",
     )
-    balance: Literal["gender", "region"] = field(
-        default="gender",
-        metadata={"help": "subsets balance gender (the paper), or gender x region"},
+    balance: Literal["gender", "region"] = option(
+        "gender", "subsets balance gender (the paper), or gender x region"
     )
-    subset_seed: int = field(
-        default=0, metadata={"help": "seed of the subsets: the same seed draws the same rows"}
-    )
+    subset_seed: int = option(0, "seed of the subsets: the same seed draws the same rows")
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    pretrain_yaml: str = field(
-        default="",
-        metadata={
-            "help": "a `facs pretrain --config` YAML as the pre-training settings (the pretrain "
-            "section and --pretrain-* flags override it)"
-        },
+    pretrain_yaml: str = option(
+        "",
+        "a `facs pretrain --config` YAML as the pre-training settings (the pretrain "
+        "section and --pretrain-* flags override it)",
     )
-    finetune_yaml: str = field(
-        default="",
-        metadata={
-            "help": "a `facs finetune --config` YAML (e.g. a sweep's best config) as the "
-            "fine-tuning settings (the finetune section and --finetune-* flags override it)"
-        },
+    finetune_yaml: str = option(
+        "",
+        "a `facs finetune --config` YAML (e.g. a sweep's best config) as the "
+        "fine-tuning settings (the finetune section and --finetune-* flags override it)",
     )
-    point_eval: Literal["finetune", "probe"] = field(
-        default="finetune",
-        metadata={
-            "help": "how each point's pre-trained weights are scored: 'finetune' (the paper: the "
-            "full cross-validated fine-tune) or 'probe' (declared cheaper: a linear probe of the "
-            "frozen features on the same folds, seconds instead of three fine-tunes)"
-        },
+    point_eval: Literal["finetune", "probe"] = option(
+        "finetune",
+        "how each point's pre-trained weights are scored: 'finetune' (the paper: the "
+        "full cross-validated fine-tune) or 'probe' (declared cheaper: a linear probe of the "
+        "frozen features on the same folds, seconds instead of three fine-tunes)",
     )
-    concurrent: int = field(
-        default=1,
-        metadata={
-            "help": "points (pre-train + fine-tune) run at the same time, each with its own Ray "
-            "trainers; Ray queues those that do not fit. 1 on a laptop"
-        },
+    concurrent: int = option(
+        1,
+        "points (pre-train + fine-tune) run at the same time, each with its own Ray "
+        "trainers; Ray queues those that do not fit. 1 on a laptop",
     )
     output: str | None = stage_output_field(
         "folder or s3:// prefix for the runs and the report (tables, figures)", "scaling"
     )
-    run_name: str | None = field(
-        default=None, metadata={"help": "the experiment's folder and run name; none = timestamped"}
-    )
+    run_name: str | None = option(None, "the experiment's folder and run name; none = timestamped")
     mlflow_uri: str | None = mlflow_uri_field(" for every run")
-    experiment: str = field(
-        default="facs-scaling", metadata={"help": "MLflow experiment of the parent and point runs"}
-    )
-    register_models: bool = field(
-        default=False,
-        metadata={
-            "help": "also register each point's pre-trained and fine-tuned models (off: the "
-            "registry keeps only models meant for use)"
-        },
+    experiment: str = option("facs-scaling", "MLflow experiment of the parent and point runs")
+    register_models: bool = option(
+        False,
+        "also register each point's pre-trained and fine-tuned models (off: the "
+        "registry keeps only models meant for use)",
     )
 
     def __post_init__(self) -> None:

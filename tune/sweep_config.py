@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.options import at_least, at_least_each, raise_failed
+from pipeline.options import at_least, at_least_each, option, raise_failed
 from pipeline.run_options import DEFAULT_TRACKING, mlflow_uri_field, stage_output_field
 from training.finetune_config import FinetuneConfig
 
@@ -22,41 +22,35 @@ UNCAPPED_POS_WEIGHT = 1e4
 class SearchSpace:
     """What a trial may vary; a list of one value fixes that dimension."""
 
-    lr_min: float = field(default=1e-5, metadata={"help": "learning rate, low end (log-uniform)"})
-    lr_max: float = field(default=1e-3, metadata={"help": "learning rate, high end (log-uniform)"})
-    batch_sizes: list[int] = field(
-        default_factory=lambda: [16, 32, 64], metadata={"help": "per-worker batch sizes to try"}
+    lr_min: float = option(1e-5, "learning rate, low end (log-uniform)")
+    lr_max: float = option(1e-3, "learning rate, high end (log-uniform)")
+    batch_sizes: list[int] = option(
+        factory=lambda: [16, 32, 64], help="per-worker batch sizes to try"
     )
-    weight_decays: list[float] = field(
-        default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3],
-        metadata={"help": "Adam L2 weight decays to try"},
+    weight_decays: list[float] = option(
+        factory=lambda: [0.0, 1e-5, 1e-4, 1e-3], help="Adam L2 weight decays to try"
     )
-    dropouts: list[float] = field(
-        default_factory=lambda: [0.0, 0.25, 0.5],
-        metadata={"help": "fully connected dropout rates to try"},
+    dropouts: list[float] = option(
+        factory=lambda: [0.0, 0.25, 0.5], help="fully connected dropout rates to try"
     )
-    freeze_blocks: list[int] = field(
-        default_factory=lambda: [0, 1, 2, 3, 4],
-        metadata={"help": "numbers of frozen conv blocks (0-4) to try"},
+    freeze_blocks: list[int] = option(
+        factory=lambda: [0, 1, 2, 3, 4], help="numbers of frozen conv blocks (0-4) to try"
     )
-    augment_strengths: list[float] = field(
-        default_factory=lambda: [0.0, 0.5, 1.0, 1.5],
-        metadata={"help": "augmentation strengths (multiplier on the paper's magnitudes) to try"},
+    augment_strengths: list[float] = option(
+        factory=lambda: [0.0, 0.5, 1.0, 1.5],
+        help="augmentation strengths (multiplier on the paper's magnitudes) to try",
     )
-    pos_weightings: list[str] = field(
-        default_factory=lambda: list(POS_WEIGHTINGS),
-        metadata={"help": "positive-class weightings to try: none, inverse_frequency, capped"},
+    pos_weightings: list[str] = option(
+        factory=lambda: list(POS_WEIGHTINGS),
+        help="positive-class weightings to try: none, inverse_frequency, capped",
     )
-    pos_weight_cap: float = field(
-        default=10.0, metadata={"help": "the cap of the 'capped' weighting"}
+    pos_weight_cap: float = option(10.0, "the cap of the 'capped' weighting")
+    patiences: list[int] = option(
+        factory=lambda: [3, 5, 10], help="early-stopping patiences (epochs) to try"
     )
-    patiences: list[int] = field(
-        default_factory=lambda: [3, 5, 10],
-        metadata={"help": "early-stopping patiences (epochs) to try"},
-    )
-    threshold_policies: list[str] = field(
-        default_factory=lambda: list(THRESHOLD_POLICIES),
-        metadata={"help": "threshold policies to try: fixed (0.5, the paper), tuned (per AU)"},
+    threshold_policies: list[str] = option(
+        factory=lambda: list(THRESHOLD_POLICIES),
+        help="threshold policies to try: fixed (0.5, the paper), tuned (per AU)",
     )
 
     def __post_init__(self) -> None:
@@ -119,54 +113,39 @@ class SweepConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     space: SearchSpace = field(default_factory=SearchSpace)
 
-    num_samples: int = field(default=20, metadata={"help": "trials (configs) to evaluate"})
-    max_concurrent: int = field(default=1, metadata={"help": "trials running at the same time"})
-    gpus_per_trial: float = field(
-        default=0.0, metadata={"help": "GPUs per trial (fractional allowed); 0 = CPU"}
+    num_samples: int = option(20, "trials (configs) to evaluate")
+    max_concurrent: int = option(1, "trials running at the same time")
+    gpus_per_trial: float = option(0.0, "GPUs per trial (fractional allowed); 0 = CPU")
+    cpus_per_trial: float = option(1.0, "CPUs per trial's worker")
+    grace_period: int = option(2, "ASHA: epochs every trial gets before it can be stopped")
+    reduction_factor: int = option(3, "ASHA: keep the best 1/reduction_factor at each rung")
+    include_defaults: bool = option(
+        True,
+        "evaluate the base fine-tuning config (--config, else the defaults) as the first "
+        "trial, so the sweep's best can be compared with it on validation",
     )
-    cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs per trial's worker"})
-    grace_period: int = field(
-        default=2, metadata={"help": "ASHA: epochs every trial gets before it can be stopped"}
-    )
-    reduction_factor: int = field(
-        default=3, metadata={"help": "ASHA: keep the best 1/reduction_factor at each rung"}
-    )
-    include_defaults: bool = field(
-        default=True,
-        metadata={
-            "help": "evaluate the base fine-tuning config (--config, else the defaults) as the first "
-            "trial, so the sweep's best can be compared with it on validation"
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the TPE searcher"})
-    final_evaluation: bool = field(
-        default=True,
-        metadata={
-            "help": "after the sweep, once: cross-validate the chosen config on each fold's test "
-            "subjects, report test F1 per fold and pooled, register the model"
-        },
+    seed: int = option(0, "seed of the TPE searcher")
+    final_evaluation: bool = option(
+        True,
+        "after the sweep, once: cross-validate the chosen config on each fold's test "
+        "subjects, report test F1 per fold and pooled, register the model",
     )
 
     storage_path: str | None = stage_output_field("where sweeps are kept (local or s3://)", "tune")
-    name: str | None = field(
-        default=None, metadata={"help": "the sweep's folder name; none = tune-<UTC timestamp>"}
+    name: str | None = option(None, "the sweep's folder name; none = tune-<UTC timestamp>")
+    resume: bool = option(
+        False, "continue the interrupted sweep --name (finished trials are not rerun)"
     )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "continue the interrupted sweep --name (finished trials are not rerun)"},
-    )
-    interrupt_after_trials: int | None = field(
-        default=None,
-        metadata={
-            "help": "stop the sweep (as Ctrl+C would) once this many trials have finished, to "
-            "continue later with --resume; none = run to the end"
-        },
+    interrupt_after_trials: int | None = option(
+        None,
+        "stop the sweep (as Ctrl+C would) once this many trials have finished, to "
+        "continue later with --resume; none = run to the end",
     )
 
     mlflow_uri: str | None = mlflow_uri_field(
         fallback=f"the fine-tuning config's, else {DEFAULT_TRACKING}"
     )
-    experiment: str = field(default="facs-tune", metadata={"help": "MLflow experiment"})
+    experiment: str = option("facs-tune", "MLflow experiment")
 
     def __post_init__(self) -> None:
         checks = [
