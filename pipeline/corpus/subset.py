@@ -7,7 +7,7 @@ of its rows' content hashes, so it names exact rows and survives the corpus grow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.corpus.manifest import CorpusError, SubsetEntry, load_manifest, save_manifest
 from pipeline.corpus.read import read_metadata_table, take_rows
+from pipeline.options import option
 from pipeline.run_storage import check_kept
 from pipeline.storage import Location
 
@@ -25,25 +26,19 @@ BALANCED_GENDERS = ("female", "male")
 
 @dataclass
 class SubsetConfig:
-    corpus: str = field(default="", metadata={"help": "corpus root (local folder or s3:// URI)"})
-    name: str = field(
-        default="", metadata={"help": "subset name (default: images-N / identities-N)"}
+    corpus: str = option("", "corpus root (local folder or s3:// URI)")
+    name: str = option("", "subset name (default: images-N / identities-N)")
+    version: int | None = option(None, "corpus version (default: latest)")
+    images: int | None = option(
+        None,
+        "number of images in the subset; with --identities, the image budget shared "
+        "evenly by those people (people count and image count then vary independently)",
     )
-    version: int | None = field(default=None, metadata={"help": "corpus version (default: latest)"})
-    images: int | None = field(
-        default=None,
-        metadata={
-            "help": "number of images in the subset; with --identities, the image budget shared "
-            "evenly by those people (people count and image count then vary independently)"
-        },
+    identities: int | None = option(None, "number of distinct people")
+    balance: Literal["gender", "region"] = option(
+        "gender", "balance over gender, or over gender x region"
     )
-    identities: int | None = field(default=None, metadata={"help": "number of distinct people"})
-    balance: Literal["gender", "region"] = field(
-        default="gender", metadata={"help": "balance over gender, or over gender x region"}
-    )
-    seed: int = field(
-        default=0, metadata={"help": "random seed: the same seed gives the same subset"}
-    )
+    seed: int = option(0, "random seed: the same seed gives the same subset")
 
     def __post_init__(self) -> None:
         for name in ("version", "images", "identities"):
@@ -69,7 +64,7 @@ def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
     return quota
 
 
-def _coded(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str | None]]:
+def _coded(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     """A string column as codes (``-1`` = null) into its distinct values."""
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
@@ -80,33 +75,52 @@ def _coded(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str | N
             else (pa.array([], column.type))
         )
     codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-    return codes, column.dictionary.to_pylist()
+    return codes, column.dictionary
 
 
-def _values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A string column as an object array in which equal values are one Python object: a
-    million rows of a few thousand people cost a pointer a row, not a string a row."""
-    codes, values = _coded(column)
-    return np.array(values + [None], dtype=object)[codes]
+@dataclass(frozen=True)
+class _Strata:
+    """Each row's stratum as a small integer code: a million rows cost 5 bytes each (code and
+    usable flag), whatever the number of people."""
+
+    codes: np.ndarray  # int32, a row's stratum
+    names: list[str | None]  # a code's stratum: "female", or "female|Europe" with regions
+    usable: np.ndarray  # bool, the row's gender is one a balanced subset counts
+
+    def code_of(self, name: str) -> int:
+        return self.names.index(name)
+
+    def capacity(self, codes: np.ndarray) -> dict[str, int]:
+        """``{stratum: how many of codes}`` for the strata present in ``codes``."""
+        counts = np.bincount(codes, minlength=len(self.names))
+        return {self.names[c]: int(n) for c, n in enumerate(counts) if n}
 
 
-def _strata(table: pa.Table, balance: str) -> np.ndarray:
-    if balance == "gender":
-        return _values(table.column("gender"))
+def _strata(table: pa.Table, balance: str) -> _Strata:
     genders, gender_values = _coded(table.column("gender"))
-    regions, region_values = _coded(table.column("region"))
-    # The few distinct gender|region pairs are joined once, not once a row.
-    width = len(region_values) + 1
-    names = np.array(
-        [f"{g}|{r}" for g in gender_values + [None] for r in region_values + [None]], dtype=object
+    gender_names = gender_values.to_pylist() + [None]
+    if balance == "gender":
+        codes, names = genders % len(gender_names), gender_names
+    else:
+        regions, region_values = _coded(table.column("region"))
+        region_names = region_values.to_pylist() + [None]
+        width = len(region_names)
+        codes = (genders % len(gender_names)) * width + regions % width
+        names = [f"{g}|{r}" for g in gender_names for r in region_names]
+    counted = np.array(
+        [n is not None and n.split("|")[0] in BALANCED_GENDERS for n in names], dtype=bool
     )
-    return names[(genders % (len(gender_values) + 1)) * width + regions % width]
+    return _Strata(codes.astype(np.int32), names, counted[codes])
 
 
-def _usable(strata: np.ndarray) -> np.ndarray:
-    """Rows whose gender is one a balanced subset counts (decided once per distinct stratum)."""
-    decided = {s: s is not None and s.split("|")[0] in BALANCED_GENDERS for s in set(strata)}
-    return np.fromiter((decided[s] for s in strata), bool, len(strata))
+def _identities(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's identity code, and each code's rank in the sorted order of the identities (so
+    people are ordered by name without a Python string per person)."""
+    codes, values = _coded(table.column("identity"))
+    rank = np.empty(len(values) + 1, dtype=np.int64)
+    rank[pc.array_sort_indices(values).to_numpy()] = np.arange(len(values))
+    rank[-1] = -1  # a missing identity (code -1) sorts first
+    return codes, rank
 
 
 def _gender_quota(capacity: dict[str, int], total: int, balance: str) -> dict[str, int]:
@@ -152,70 +166,71 @@ def choose_rows(table: pa.Table, config: SubsetConfig) -> np.ndarray:
     _check_sizes(config)
     rng = np.random.default_rng(config.seed)
     strata = _strata(table, config.balance)
-    usable = _usable(strata)
     if config.images is not None and config.identities is not None:
-        return _people_at_budget(table, config, strata, usable, rng)
+        return _people_at_budget(table, config, strata, rng)
     if config.images is not None:
-        capacity = {s: int(np.sum((strata == s) & usable)) for s in set(strata[usable])}
-        quota = _gender_quota(capacity, config.images, config.balance)
+        quota = _gender_quota(
+            strata.capacity(strata.codes[strata.usable]), config.images, config.balance
+        )
         chosen = []
         for stratum in sorted(quota):
-            rows = np.flatnonzero((strata == stratum) & usable)
+            rows = np.flatnonzero((strata.codes == strata.code_of(stratum)) & strata.usable)
             chosen.append(np.sort(rng.permutation(rows)[: quota[stratum]]))
         return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
-    identity = _values(table.column("identity"))
-    people: dict[str, str] = {}
-    for who, stratum, ok in zip(identity, strata, usable, strict=True):
-        if ok:
-            people.setdefault(who, stratum)
-    capacity: dict[str, int] = {}
-    for stratum in people.values():
-        capacity[stratum] = capacity.get(stratum, 0) + 1
-    quota = _gender_quota(capacity, config.identities, config.balance)
-    picked: set[str] = set()
-    for stratum in sorted(quota):
-        members = sorted(p for p, s in people.items() if s == stratum)
-        picked.update(rng.permutation(np.array(members, dtype=object))[: quota[stratum]].tolist())
-    return np.flatnonzero(np.fromiter((p in picked for p in identity), bool, len(identity)))
+    identity, rank = _identities(table)
+    usable_rows = np.flatnonzero(strata.usable)
+    people, first = np.unique(identity[usable_rows], return_index=True)
+    stratum_of = strata.codes[usable_rows[first]]  # a person's stratum: that of their first row
+    quota = _gender_quota(strata.capacity(stratum_of), config.identities, config.balance)
+    picked = [
+        rng.permutation(_by_name(people[stratum_of == strata.code_of(stratum)], rank))[
+            : quota[stratum]
+        ]
+        for stratum in sorted(quota)
+    ]
+    return np.flatnonzero(np.isin(identity, np.concatenate(picked)))
+
+
+def _by_name(people: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Identity codes in the sorted order of the identities they stand for."""
+    return people[np.argsort(rank[people], kind="stable")]
 
 
 def _people_at_budget(
-    table: pa.Table,
-    config: SubsetConfig,
-    strata: np.ndarray,
-    usable: np.ndarray,
-    rng: np.random.Generator,
+    table: pa.Table, config: SubsetConfig, strata: _Strata, rng: np.random.Generator
 ) -> np.ndarray:
     """``identities`` people (gender-balanced) with ``images // identities`` (+1) images each."""
     people, share = config.identities, config.images // config.identities
     extra = config.images - share * people
     needed = share + (1 if extra else 0)
-    identity = _values(table.column("identity"))
-    rows_of: dict[str, list[int]] = {}
-    stratum_of: dict[str, str] = {}
-    for row, (who, stratum, ok) in enumerate(zip(identity, strata, usable, strict=True)):
-        if ok:
-            rows_of.setdefault(who, []).append(row)
-            stratum_of.setdefault(who, stratum)
-    eligible = {who for who, rows in rows_of.items() if len(rows) >= needed}
-    capacity: dict[str, int] = {}
-    for who in eligible:
-        capacity[stratum_of[who]] = capacity.get(stratum_of[who], 0) + 1
+    identity, rank = _identities(table)
+    usable_rows = np.flatnonzero(strata.usable)
+    # Each person's usable rows, in row order, as one slice of ``grouped``.
+    grouped = usable_rows[np.argsort(identity[usable_rows], kind="stable")]
+    who, starts, counts = np.unique(identity[grouped], return_index=True, return_counts=True)
+    stratum_of = strata.codes[grouped[starts]]
+    eligible = counts >= needed
     try:
-        quota = _gender_quota(capacity, people, config.balance)
+        quota = _gender_quota(strata.capacity(stratum_of[eligible]), people, config.balance)
     except CorpusError as error:
         raise CorpusError(
-            f"{people} people with {needed} images each: only {len(eligible)} people have "
-            f"{needed} or more images ({error})"
+            f"{people} people with {needed} images each: only {int(eligible.sum())} people "
+            f"have {needed} or more images ({error})"
         ) from None
-    picked: list[str] = []
-    for stratum in sorted(quota):
-        members = sorted(who for who in eligible if stratum_of[who] == stratum)
-        picked += rng.permutation(np.array(members, dtype=object))[: quota[stratum]].tolist()
+    picked = np.concatenate(
+        [
+            rng.permutation(
+                _by_name(who[eligible & (stratum_of == strata.code_of(stratum))], rank)
+            )[: quota[stratum]]
+            for stratum in sorted(quota)
+        ]
+    )
+    at = {person: k for k, person in enumerate(who)}
     chosen = []
-    for k, who in enumerate(sorted(picked)):
+    for k, person in enumerate(_by_name(picked, rank)):
         count = share + (1 if k < extra else 0)
-        chosen.append(rng.permutation(np.array(rows_of[who]))[:count])
+        start = starts[at[person]]
+        chosen.append(rng.permutation(grouped[start : start + counts[at[person]]])[:count])
     return np.sort(np.concatenate(chosen))
 
 
