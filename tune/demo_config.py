@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pipeline.options import at_least_each, option, raise_failed
 from pipeline.run_options import mlflow_uri_field
@@ -73,8 +73,9 @@ SCALES: dict[str, DemoScale] = {
 ScaleName = Literal["tiny", "small", "medium", "paper"]
 
 
-def _override(help_text: str) -> dict:
-    return {"help": help_text + "; none = the --scale preset's"}
+def preset_override(help_text: str) -> Any:
+    """An option that overrides one value of the ``--scale`` preset; none keeps the preset's."""
+    return option(None, help_text + "; none = the --scale preset's")
 
 
 @dataclass
@@ -119,38 +120,21 @@ class DemoConfig:
         "the paper's recipe) applied over the demo's own; '' = the product's defaults",
     )
     gpus_per_worker: float = option(0.0, "GPUs per training worker (0 = train on CPU)")
-    people: int | None = field(default=None, metadata=_override("synthetic celebrities"))
-    images_per_person: int | None = field(default=None, metadata=_override("photos per person"))
-    disfa_subjects: int | None = field(
-        default=None, metadata=_override("synthetic DISFA subjects (3-27)")
-    )
-    disfa_frames: int | None = field(default=None, metadata=_override("frames per DISFA video"))
-    disfa_stride: int | None = field(
-        default=None, metadata=_override("session frames between two rendered DISFA frames")
-    )
-    width: float | None = field(default=None, metadata=_override("VGG13 width multiplier"))
-    pretrain_workers: int | None = field(
-        default=None, metadata=_override("pre-training DDP workers")
-    )
-    pretrain_steps: int | None = field(
-        default=None, metadata=_override("pre-training optimizer steps (the budget)")
-    )
-    finetune_epochs: int | None = field(
-        default=None, metadata=_override("fine-tuning epochs per fold (upper bound)")
-    )
-    finetune_patience: int | None = field(
-        default=None, metadata=_override("fine-tuning early-stopping patience")
-    )
-    finetune_batches_per_epoch: int | None = field(
-        default=None, metadata=_override("cap on fine-tuning steps per epoch")
-    )
-    batch_size: int | None = field(default=None, metadata=_override("samples per step per worker"))
-    concurrent_folds: int | None = field(
-        default=None, metadata=_override("fine-tuning trainers running at once (0 = all)")
-    )
-    folds_per_trainer: int | None = field(
-        default=None,
-        metadata=_override("folds one fine-tuning trainer steps in lock-step (0 = all of an arm)"),
+    people: int | None = preset_override("synthetic celebrities")
+    images_per_person: int | None = preset_override("photos per person")
+    disfa_subjects: int | None = preset_override("synthetic DISFA subjects (3-27)")
+    disfa_frames: int | None = preset_override("frames per DISFA video")
+    disfa_stride: int | None = preset_override("session frames between two rendered DISFA frames")
+    width: float | None = preset_override("VGG13 width multiplier")
+    pretrain_workers: int | None = preset_override("pre-training DDP workers")
+    pretrain_steps: int | None = preset_override("pre-training optimizer steps (the budget)")
+    finetune_epochs: int | None = preset_override("fine-tuning epochs per fold (upper bound)")
+    finetune_patience: int | None = preset_override("fine-tuning early-stopping patience")
+    finetune_batches_per_epoch: int | None = preset_override("cap on fine-tuning steps per epoch")
+    batch_size: int | None = preset_override("samples per step per worker")
+    concurrent_folds: int | None = preset_override("fine-tuning trainers running at once (0 = all)")
+    folds_per_trainer: int | None = preset_override(
+        "folds one fine-tuning trainer steps in lock-step (0 = all of an arm)"
     )
 
     def __post_init__(self) -> None:
