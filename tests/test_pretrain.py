@@ -313,6 +313,13 @@ def test_ray_train_ingest_options_carry_the_data_context_without_the_deprecated_
     assert not any(options.exclude_resources.to_resource_dict().values())
 
 
+def test_the_training_ingest_holds_a_bounded_share_of_the_object_store():
+    bounded = ingest_config(["train"], store_bytes=512 * 2**20)._resolve_execution_options("train")
+    assert bounded.resource_limits.object_store_memory == 512 * 2**20
+    current = DataContext.get_current().execution_options.resource_limits
+    assert bounded.resource_limits.cpu == current.cpu  # the other limits are the context's
+
+
 def test_an_epoch_repeats_reshuffled_passes_until_its_minimum_steps_within_the_limit():
     rows = 100  # face i is filled with grey level i: the order of a pass can be read back
     table = pa.table(

@@ -15,6 +15,7 @@ from ray.data import DataContext, ExecutionOptions
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipeline.corpus.read import read_corpus
+from pipeline.status_write import STORE_BYTES_PER_WORKER, bound_object_store
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 
 FACE_COLUMN = "face"
@@ -57,16 +58,23 @@ def cached_if_fits(datasets: dict[str, ray.data.Dataset], rows: int) -> dict[str
     return {split: dataset.materialize() for split, dataset in datasets.items()}
 
 
-def ingest_config(datasets_to_split: str | list[str] = "all") -> ray.train.DataConfig:
+def ingest_config(
+    datasets_to_split: str | list[str] = "all", store_bytes: float | None = None
+) -> ray.train.DataConfig:
     """Ray Train's data config with its ingest options given explicitly.
 
     Ray Train's default ingest options copy ``ExecutionOptions.exclude_resources``, which Ray 2.60
     deprecates (a warning per dataset); these carry the same limits, order and progress settings
-    from the current ``DataContext`` without it.
+    from the current ``DataContext`` without it. ``store_bytes`` bounds the object store the
+    ingest may fill: left to Ray, a streamed corpus larger than the store reads ahead into half
+    of it whatever the trainers consume, so memory grows with the corpus up to that share.
     """
     current = DataContext.get_current().execution_options
+    limits = current.resource_limits
+    if store_bytes is not None:
+        limits = limits.copy(object_store_memory=min(limits.object_store_memory, store_bytes))
     options = ExecutionOptions(
-        resource_limits=current.resource_limits,
+        resource_limits=limits,
         preserve_order=current.preserve_order,
         verbose_progress=current.verbose_progress,
     )
@@ -251,13 +259,14 @@ def pixel_sums(batch: pa.Table) -> pa.Table:
     )
 
 
-def pixel_mean(dataset: ray.data.Dataset) -> float:
-    """Mean pixel of the dataset's faces on the [0, 1] scale (one pass; the paper's normaliser)."""
-    sums = (
-        dataset.select_columns([FACE_COLUMN])
-        .map_batches(pixel_sums, batch_format="pyarrow", batch_size=4096)
-        .take_all()
+def pixel_mean(dataset: ray.data.Dataset, store_bytes: int = 2 * STORE_BYTES_PER_WORKER) -> float:
+    """Mean pixel of the dataset's faces on the [0, 1] scale (one pass; the paper's normaliser),
+    holding at most ``store_bytes`` of object store whatever the corpus's size."""
+    sums = dataset.select_columns([FACE_COLUMN]).map_batches(
+        pixel_sums, batch_format="pyarrow", batch_size=4096
     )
+    bound_object_store(sums, store_bytes)
+    sums = sums.take_all()
     total = sum(int(row["pixel_sum"]) for row in sums)
     count = sum(int(row["pixels"]) for row in sums)
     if count == 0:
