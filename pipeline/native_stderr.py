@@ -70,10 +70,22 @@ class _Splitter:
 
     def run(self) -> None:
         while chunk := os.read(self.read_fd, 65536):
-            self.feed(chunk)
-        if self.pending:
-            os.write(self.terminal_fd, self.pending)
+            held = self.pending
+            try:
+                self.feed(chunk)
+            except Exception:  # noqa: BLE001 - never stop draining: writers to fd 2 would block
+                self.pending, self.passing_line = b"", False
+                self._pass_on(held + chunk)
+        self._pass_on(self.pending)
         os.close(self.read_fd)
+
+    def _pass_on(self, data: bytes) -> None:
+        """``data`` to the terminal as it is; a terminal that is gone loses it, nothing else."""
+        try:
+            if data:
+                os.write(self.terminal_fd, data)
+        except OSError:
+            pass
 
 
 def split_native_stderr(on_ray_line: Callable[[str], None]) -> bool:

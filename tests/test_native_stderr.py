@@ -46,6 +46,24 @@ def test_a_bracketed_line_that_is_not_rays_is_passed_on_once_it_is_too_long_to_b
     assert shown == b"[" + b"x" * 300 and ray_lines == []
 
 
+def test_a_failing_log_never_stops_the_drain_its_bytes_reach_the_terminal():
+    read_fd, write_fd = os.pipe()
+    terminal_read, terminal_write = os.pipe()
+    calls = []
+
+    def broken_log(line: str) -> None:
+        calls.append(line)
+        raise OSError("disk full")
+
+    os.write(write_fd, RAY_LINE + b"after\n")
+    os.close(write_fd)
+    _Splitter(read_fd, terminal_write, broken_log).run()  # returns: the pipe was drained
+    os.close(terminal_write)
+    with os.fdopen(terminal_read, "rb") as terminal:
+        assert terminal.read() == RAY_LINE + b"after\n"  # nothing lost, nothing twice
+    assert calls  # the log was tried first
+
+
 def test_a_process_keeps_its_own_stderr_and_logs_rays_lines(tmp_path):
     log = tmp_path / "ray.log"
     program = textwrap.dedent(
