@@ -1,4 +1,4 @@
-"""Allocators: Arrow's is the system's, and glibc gives freed heap back, unless the user chose."""
+"""Arrow's allocator: the system's unless the user chose one (freed memory goes back)."""
 
 from __future__ import annotations
 
@@ -29,11 +29,3 @@ def package_sets(name: str, probe: str, env_value: str | None) -> str:
 def test_the_package_picks_the_system_allocator_unless_the_user_chose_one(chosen, expected):
     backend = "pyarrow.default_memory_pool().backend_name"
     assert package_sets("ARROW_DEFAULT_MEMORY_POOL", backend, chosen) == expected
-
-
-@pytest.mark.parametrize(("chosen", "expected"), [(None, "0"), ("1048576", "1048576")])
-def test_processes_started_after_the_package_give_freed_heap_back_unless_the_user_chose(
-    chosen, expected
-):
-    child_sees = "os.popen('echo $MALLOC_TRIM_THRESHOLD_').read().strip()"  # a process it starts
-    assert package_sets("MALLOC_TRIM_THRESHOLD_", child_sees, chosen) == expected

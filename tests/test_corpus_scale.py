@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -9,7 +11,7 @@ from corpus_fixture import make_corpus
 from ray.data import DataContext
 
 from pipeline.corpus.manifest import load_manifest
-from pipeline.corpus.read import labelled_counts, read_corpus
+from pipeline.corpus.read import READ_TASK_ENV, labelled_counts, read_corpus
 from pipeline.status_write import bound_object_store
 from training.data import CACHED_ROW_BYTES, cache_fits, cached_if_fits, corpus_splits
 
@@ -84,3 +86,27 @@ def test_a_write_bounds_its_own_object_store_share_and_leaves_other_datasets_unb
     current = DataContext.get_current().execution_options.resource_limits.object_store_memory
     assert current == global_limit
     assert bounded.count() == 10
+
+
+def test_corpus_reads_alone_run_in_workers_whose_freed_heap_goes_back(tmp_path, ray_local):
+    corpus = make_corpus(tmp_path / "c", images=64, identities=8, files=2)
+
+    def _trim_at_start(batch: dict) -> dict:
+        """The MALLOC_TRIM_THRESHOLD_ its process started with (what glibc read), per row."""
+        with open("/proc/self/environ", "rb") as handle:  # the process's start, not os.environ
+            started = dict(
+                item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item
+            )
+        value = started.get(b"MALLOC_TRIM_THRESHOLD_", b"<unset>").decode()
+        return {"trim": [value] * len(batch["content_hash"])}
+
+    dataset = read_corpus(corpus.uri, labelled_only=False)
+    read = dataset._logical_plan.dag
+    while read.input_dependencies and type(read).__name__ != "ReadFiles":
+        read = read.input_dependencies[0]
+    assert read.ray_remote_args["runtime_env"] == READ_TASK_ENV
+    # Such a worker starts with the setting; a default one (a training worker) does not.
+    in_read_env = dataset.map_batches(_trim_at_start, runtime_env=READ_TASK_ENV).take(5)
+    assert {row["trim"] for row in in_read_env} == {"0"}
+    default = dataset.map_batches(_trim_at_start).take(5)
+    assert {row["trim"] for row in default} == {os.environ.get("MALLOC_TRIM_THRESHOLD_", "<unset>")}
