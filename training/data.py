@@ -14,7 +14,7 @@ import torch
 from ray.data import DataContext, ExecutionOptions
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from pipeline.corpus.read import read_corpus
+from pipeline.corpus.read import READ_TASK_ENV, read_corpus
 from pipeline.status_write import STORE_BYTES_PER_WORKER, bound_object_store
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 
@@ -96,7 +96,7 @@ def corpus_splits(
     return {
         split: read_corpus(
             corpus, version, subset=subset, split=split, file_order_seed=seed
-        ).select_columns(columns)
+        ).select_columns(columns, runtime_env=READ_TASK_ENV)
         for split, seed in seeds.items()
     }
 
@@ -262,8 +262,8 @@ def pixel_sums(batch: pa.Table) -> pa.Table:
 def pixel_mean(dataset: ray.data.Dataset, store_bytes: int = 2 * STORE_BYTES_PER_WORKER) -> float:
     """Mean pixel of the dataset's faces on the [0, 1] scale (one pass; the paper's normaliser),
     holding at most ``store_bytes`` of object store whatever the corpus's size."""
-    sums = dataset.select_columns([FACE_COLUMN]).map_batches(
-        pixel_sums, batch_format="pyarrow", batch_size=4096
+    sums = dataset.select_columns([FACE_COLUMN], runtime_env=READ_TASK_ENV).map_batches(
+        pixel_sums, batch_format="pyarrow", batch_size=4096, runtime_env=READ_TASK_ENV
     )
     bound_object_store(sums, store_bytes)
     sums = sums.take_all()

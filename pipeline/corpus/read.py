@@ -131,7 +131,9 @@ class _KeepRows:
 #: defaults each worker that read Parquet for a streamed epoch kept what it freed, 2-2.8 GB, and
 #: more each epoch (pre-training over 1,100,000 rows peaked at 7.1-8.8 GB; 5.5 GB with this). Only
 #: the read: in a training process the same setting made a CPU step 45% slower (every large
-#: tensor mapped and unmapped anew), so Ray starts separate workers for this environment.
+#: tensor mapped and unmapped anew), so Ray starts separate workers for this environment. Every
+#: step that should run inside the read's tasks names it too: Ray Data fuses only operators
+#: with the same remote arguments, and an unfused step copies each block through the store.
 READ_TASK_ENV = {"env_vars": {"MALLOC_TRIM_THRESHOLD_": "0"}}
 
 
@@ -162,7 +164,9 @@ def read_corpus(
         subset_hashes(corpus, manifest, subset)["content_hash"].combine_chunks() if subset else None
     )
     if hashes is not None or split is not None:
-        dataset = dataset.map_batches(_KeepRows(hashes, split), batch_format="pyarrow")
+        dataset = dataset.map_batches(
+            _KeepRows(hashes, split), batch_format="pyarrow", runtime_env=READ_TASK_ENV
+        )
     if labelled_only:
-        dataset = dataset.filter(expr=col("label_source") != UNLABELLED)
+        dataset = dataset.filter(expr=col("label_source") != UNLABELLED, runtime_env=READ_TASK_ENV)
     return dataset
