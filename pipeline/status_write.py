@@ -30,6 +30,11 @@ ROW_GROUP_ROWS = 4096
 STORE_BYTES_PER_WORKER = 256 * 2**20
 
 
+def store_budget(workers: int) -> int:
+    """Object store a stream feeding ``workers`` workers may hold (as for at least two)."""
+    return max(2, workers) * STORE_BYTES_PER_WORKER
+
+
 def statistics_columns(schema: pa.Schema) -> list[str]:
     """The columns worth min/max statistics: all but the binary ones (a face's bytes filter
     nothing, and their statistics would put two faces per row group into the footer)."""
@@ -77,7 +82,7 @@ def write_by_status(
         compute=ray.data.TaskPoolStrategy(size=io_concurrency()),
         num_cpus=IO_TASK_CPUS,
     )
-    bound_object_store(blocks, max(2, workers) * STORE_BYTES_PER_WORKER)
+    bound_object_store(blocks, store_budget(workers))
     blocks.write_parquet(
         location.path,
         filesystem=location.fs,

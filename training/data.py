@@ -15,7 +15,7 @@ from ray.data import DataContext, ExecutionOptions
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from pipeline.corpus.read import READ_TASK_ENV, read_corpus
-from pipeline.status_write import STORE_BYTES_PER_WORKER, bound_object_store
+from pipeline.status_write import bound_object_store, store_budget
 from pipeline.vocabulary import FACE_SIZE, OPENFACE_AUS
 
 FACE_COLUMN = "face"
@@ -259,7 +259,7 @@ def pixel_sums(batch: pa.Table) -> pa.Table:
     )
 
 
-def pixel_mean(dataset: ray.data.Dataset, store_bytes: int = 2 * STORE_BYTES_PER_WORKER) -> float:
+def pixel_mean(dataset: ray.data.Dataset, store_bytes: int = store_budget(1)) -> float:
     """Mean pixel of the dataset's faces on the [0, 1] scale (one pass; the paper's normaliser),
     holding at most ``store_bytes`` of object store whatever the corpus's size."""
     sums = dataset.select_columns([FACE_COLUMN], runtime_env=READ_TASK_ENV).map_batches(

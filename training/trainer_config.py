@@ -9,7 +9,7 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from pipeline.status_write import STORE_BYTES_PER_WORKER
+from pipeline.status_write import store_budget
 from pipeline.storage import Location, is_s3
 from training.data import ingest_config
 
@@ -72,7 +72,5 @@ def torch_trainer(
         scaling_config=scaling_config(resources),
         run_config=run_config(root, name, resources.max_failures, checkpoints, callbacks),
         datasets=datasets,
-        dataset_config=ingest_config(
-            sharded, store_bytes=max(2, resources.workers) * STORE_BYTES_PER_WORKER
-        ),
+        dataset_config=ingest_config(sharded, store_bytes=store_budget(resources.workers)),
     )

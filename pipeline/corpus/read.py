@@ -129,9 +129,10 @@ class _KeepRows:
 
 #: The corpus's read tasks run in workers whose glibc gives freed heap back at once. With glibc's
 #: defaults each worker that read Parquet for a streamed epoch kept what it freed, 2-2.8 GB, and
-#: more each epoch (pre-training over 1,100,000 rows peaked at 7.1-8.8 GB; 5.5 GB with this). Only
-#: the read: in a training process the same setting made a CPU step 45% slower (every large
-#: tensor mapped and unmapped anew), so Ray starts separate workers for this environment. Every
+#: more each epoch (pre-training over 1,100,000 rows peaked at 7.1-8.8 GB; 5.8 GB with this). Only
+#: the read: in a training process the same setting made a CPU step 1.49x slower (every large
+#: tensor mapped and unmapped anew; benchmarks/malloc_step.py), so Ray starts separate workers
+#: for this environment. Every
 #: step that should run inside the read's tasks names it too: Ray Data fuses only operators
 #: with the same remote arguments, and an unfused step copies each block through the store.
 READ_TASK_ENV = {"env_vars": {"MALLOC_TRIM_THRESHOLD_": "0"}}
