@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
 from cluster.cli import build_parser, main
 from pipeline.corpus.config import CorpusBuildConfig
 from pipeline.options import ConfigError, at_least, load_config, overrides_from_args
+from training.finetune_config import FinetuneConfig
 from training.predict_config import PredictConfig
+from training.pretrain_config import PretrainConfig
 from tune.scaling_config import ScalingStudyConfig
 from tune.sweep_config import SweepConfig
 
@@ -65,6 +68,25 @@ def test_a_failed_config_check_names_the_config_the_field_the_bound_and_the_valu
         PredictConfig(workers=0)
     with pytest.raises(ValueError, match=r"^ScalingStudyConfig: expected concurrent >= 1, got 0$"):
         ScalingStudyConfig(concurrent=0)
+
+
+@pytest.mark.parametrize("stage", [PredictConfig, PretrainConfig, FinetuneConfig])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("workers", 0, "workers >= 1, got 0"),
+        ("gpus_per_worker", -1.0, "gpus_per_worker >= 0, got -1.0"),
+        ("cpus_per_worker", 0.0, "cpus_per_worker > 0, got 0.0"),
+    ],
+)
+def test_every_stage_with_ray_workers_checks_their_resources_alike(stage, field, value, expected):
+    """Training's DDP ranks and predict's model actors are declared once (``RayWorkers``): the
+    same flags, the same bounds (predict used to accept actors with no CPU)."""
+    with pytest.raises(ValueError, match=rf"^{stage.__name__}: expected {re.escape(expected)}$"):
+        stage(**{field: value})
+    flags = all_flags(stage)
+    assert {"--workers", "--gpus-per-worker", "--cpus-per-worker"} <= set(flags)
+    assert stage(gpus_per_worker=0.5).use_gpu and not stage().use_gpu
 
 
 def test_an_optional_lower_bound_accepts_none_and_still_checks_a_value():

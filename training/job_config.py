@@ -8,25 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.options import Checks, at_least, at_least_each, option
-from pipeline.run_options import DEFAULT_TRACKING, mlflow_uri_field
+from pipeline.run_options import DEFAULT_TRACKING, RayWorkers, mlflow_uri_field
 from training.augment_config import AugmentConfig
 from training.model_config import ModelConfig
 
 
 @dataclass
-class TrainingJobConfig:
-    """What pre-training and fine-tuning configure alike."""
+class TrainingJobConfig(RayWorkers):
+    """What pre-training and fine-tuning configure alike (their workers: ``RayWorkers``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    workers: int = option(1, "data-parallel training workers (DDP)")
-    gpus_per_worker: float = option(
-        0.0, "GPUs per worker; 0 trains on CPU (gloo), >0 on GPU (NCCL)"
-    )
-    cpus_per_worker: float = option(
-        1.0, "CPUs reserved per worker (leave some free for Ray Data's read tasks)"
-    )
     batch_size: int = option(32, "samples per step on each worker")
 
     lr: float = option(0.001, "Adam learning rate (see README: departures from the paper)")
@@ -72,15 +65,10 @@ class TrainingJobConfig:
     register_as: str = option("", "registered model name of the final model ('' = do not register)")
     log_every: int = option(0, "print progress every N steps within an epoch (0 = off)")
 
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
-
     def job_checks(self) -> Checks:
         """The checks of the shared fields (each job adds its own)."""
         return [
-            *at_least_each(self, workers=1, gpus_per_worker=0),
-            (self.cpus_per_worker > 0, f"cpus_per_worker > 0, got {self.cpus_per_worker}"),
+            *self.worker_checks(),
             at_least("batch_size", self.batch_size, 1),
             (self.lr > 0, f"lr > 0, got {self.lr}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 in [0, 1)"),

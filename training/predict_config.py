@@ -7,12 +7,13 @@ from typing import Literal
 
 from pipeline.faces import FaceConfig
 from pipeline.options import at_least_each, option, raise_failed
-from pipeline.run_options import mlflow_uri_field
+from pipeline.run_options import RayWorkers, mlflow_uri_field
 
 
 @dataclass
-class PredictConfig:
-    """What `facs predict` reads, which model scores it, and where the rows go."""
+class PredictConfig(RayWorkers):
+    """What `facs predict` reads, which model scores it, and where the rows go (the model's
+    actors: ``RayWorkers``)."""
 
     inputs: list[str] = option(
         factory=list,
@@ -32,9 +33,6 @@ class PredictConfig:
     )
     threshold: float = option(0.5, "probability at which AUxx_c is 1")
     batch_size: int = option(256, "faces per model batch")
-    workers: int = option(1, "model actors (the actor pool's size)")
-    gpus_per_worker: float = option(0.0, "GPUs per model actor (0 = CPU)")
-    cpus_per_worker: float = option(1.0, "CPUs per model actor")
     frames_per_task: int = option(300, "video frames decoded and searched by one Ray task")
     seek: Literal["seek", "grab"] = option(
         "seek",
@@ -47,7 +45,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         checks = [
             (0 < self.threshold < 1, f"threshold in (0, 1), got {self.threshold}"),
-            *at_least_each(self, batch_size=1, workers=1, frames_per_task=1),
-            *at_least_each(self, gpus_per_worker=0, cpus_per_worker=0),
+            *at_least_each(self, batch_size=1, frames_per_task=1),
+            *self.worker_checks(),
         ]
         raise_failed(checks, "PredictConfig")
