@@ -123,10 +123,13 @@ class TreeMemory:
 
 
 class Runner:
-    """Runs ``facs`` commands, each timed and memory-sampled; output goes to one log file."""
+    """Runs ``facs`` commands, each timed and memory-sampled; output goes to one log file.
+    ``tree`` is the checkout whose code runs (the driver's and, by ``PYTHONPATH``, its Ray
+    workers'): this one, or another commit's worktree in an A/B."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, tree: Path = ROOT) -> None:
         self.log = log
+        self.tree = tree
 
     def facs(self, *args: str) -> dict:
         text = "facs " + " ".join(shlex.quote(a) for a in args)
@@ -137,7 +140,8 @@ class Runner:
             started = time.perf_counter()
             process = subprocess.Popen(
                 [sys.executable, "-m", "cluster.cli", *args],
-                cwd=ROOT,
+                cwd=self.tree,
+                env={**os.environ, "PYTHONPATH": str(self.tree)},
                 stdout=handle,
                 stderr=subprocess.STDOUT,
             )
@@ -214,6 +218,19 @@ def write_inputs(
     return tsv, csv
 
 
+def pretrain_args(args: argparse.Namespace, corpus: str, runs: Path, name: str) -> list[str]:
+    """The pre-training step: 2 DDP workers streaming over the whole corpus (a pixel-mean pass
+    over every training row, then ``--epochs`` epochs of ``--batches-per-epoch`` steps)."""
+    return [
+        "pretrain", "--corpus", corpus, "--workers", "2", "--cpus-per-worker", "0.5",
+        "--batch-size", str(args.batch), "--model-width", "0.125",
+        "--batches-per-epoch", str(args.batches_per_epoch), "--max-epochs", str(args.epochs),
+        "--val-batches", "2", "--patience", "0", "--cache-data",
+        "--storage-path", str(runs), "--run-name", name,
+        "--mlflow-uri", f"sqlite:///{runs}.db", "--register-as", "",
+    ]  # fmt: skip
+
+
 def one_size(args: argparse.Namespace, runner: Runner, pool: list, work: Path, rows: int) -> dict:
     """Every step at one corpus size; ``{step: {seconds, rows, rows_per_s, peak_memory_gb}}``."""
     header = work / "labels.txt"
@@ -253,14 +270,7 @@ def one_size(args: argparse.Namespace, runner: Runner, pool: list, work: Path, r
         "rows_per_s": round(2 * total / (images["seconds"] + people["seconds"]), 1),
         "peak_memory_gb": max(images["peak_memory_gb"], people["peak_memory_gb"]),
     }
-    pretrain = runner.facs(
-        "pretrain", "--corpus", corpus, "--workers", "2", "--cpus-per-worker", "0.5",
-        "--batch-size", str(args.batch), "--model-width", "0.125",
-        "--batches-per-epoch", str(args.batches_per_epoch), "--max-epochs", str(args.epochs),
-        "--val-batches", "2", "--patience", "0", "--cache-data",
-        "--storage-path", str(work / f"runs-{rows}"), "--run-name", "scale",
-        "--mlflow-uri", f"sqlite:///{work / f'mlflow-{rows}.db'}", "--register-as", "",
-    )  # fmt: skip
+    pretrain = runner.facs(*pretrain_args(args, corpus, work / f"runs-{rows}", "scale"))
     record("pretrain", pretrain, total)  # its pixel-mean pass reads every training row
     steps["pretrain"]["samples_trained"] = 2 * args.batch * args.batches_per_epoch * args.epochs
     manifest = json.loads(Path(corpus, "manifest.json").read_text())

@@ -1,0 +1,110 @@
+"""Pre-training at a million rows, this tree against another commit: did a change slow it down?
+
+``scale.py``'s pre-training step (2 DDP workers streaming over the whole corpus: the pixel-mean
+pass over every training row, then 3 epochs of 20 steps), run through the real CLI in this tree
+and in a worktree of ``--base``, alternating (base first), ``--repeats`` times each, on one
+corpus built once by this tree (``--rows`` rows, as ``scale.py`` builds it). Each run's seconds,
+corpus rows/s and peak memory (PSS of the process tree) are written to ``--out`` with the median
+ratio this / base.
+
+Written to settle whether running the corpus's read tasks in their own workers
+(``READ_TASK_ENV``, commit c8452f3) costs throughput: ``scale.py``'s single runs put pre-training
+at 9,778 rows/s against 12,168 the same morning with the code before.
+
+    python benchmarks/pretrain_ab.py --base dd8ab3c~1      # about 16 minutes alone on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from input_path_ab import rev  # benchmarks/ is this script's folder
+from scale import ROOT, Runner, face_pool, pretrain_args, write_inputs
+
+from pipeline.labels.release_csv import RELEASE_HEADER
+
+RESULTS = ROOT / "benchmarks" / "results" / "pretrain_ab.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit to compare with")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--pool-people", type=int, default=64, help="x8 rendered faces")
+    parser.add_argument("--batch", type=int, default=64, help="pre-training batch per worker")
+    parser.add_argument("--batches-per-epoch", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    started, load_before = time.perf_counter(), os.getloadavg()
+    scratch = Path(tempfile.mkdtemp(prefix="facs-pretrain-ab-"))
+    base_tree = scratch / "base"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.base],
+        check=True,
+        capture_output=True,
+    )
+    runners = {
+        "base": Runner(scratch / "base.log", base_tree),
+        "this": Runner(scratch / "this.log"),
+    }
+    runs: dict[str, list[dict]] = {"this": [], "base": []}
+    try:
+        this = runners["this"]
+        pool = face_pool(this, scratch / "pool", args.pool_people)
+        tsv, csv = write_inputs(pool, 0, args.rows, scratch / "input")
+        header = scratch / "labels.txt"
+        header.write_text("Headers\n" + ",".join(RELEASE_HEADER) + "\n")
+        corpus = str(scratch / "corpus")
+        this.facs("corpus", "build", "--corpus", corpus, "--tsv", str(tsv),
+                  "--labels-release-csv", str(csv), "--face-detector", "none",
+                  "--labels-release-header", str(header))  # fmt: skip
+        for repeat in range(args.repeats):
+            for side in ("base", "this"):
+                runs_dir = scratch / f"runs-{side}-{repeat}"
+                result = runners[side].facs(*pretrain_args(args, corpus, runs_dir, "ab"))
+                result["rows_per_s"] = round(args.rows / result["seconds"], 1)
+                runs[side].append(result)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)])
+    medians = {
+        side: {
+            key: statistics.median(run[key] for run in side_runs)
+            for key in ("seconds", "rows_per_s", "peak_memory_gb")
+        }
+        for side, side_runs in runs.items()
+    }
+    results = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "this": rev(ROOT, "HEAD"),
+        "base": rev(ROOT, args.base),
+        "what": "scale.py's pretrain step on one corpus of --rows rows, alternating base / this; "
+        "rows/s = corpus rows / the command's seconds; median of the runs; ratio = this / base",
+        "median": medians,
+        "ratio_this_vs_base": {
+            key: round(medians["this"][key] / medians["base"][key], 3) for key in medians["this"]
+        },
+        "runs": runs,
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(results["ratio_this_vs_base"], indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"[ab] wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
