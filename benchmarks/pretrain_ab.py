@@ -35,9 +35,38 @@ from pipeline.labels.release_csv import RELEASE_HEADER
 RESULTS = ROOT / "benchmarks" / "results" / "pretrain_ab.json"
 
 
+def worktree(folder: Path, commit: str) -> Path:
+    """A detached worktree of ``commit`` in ``folder``."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), commit],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+def build_corpus(runner: Runner, args: argparse.Namespace, scratch: Path) -> str:
+    """A corpus of ``--rows`` rows built as ``scale.py`` builds it."""
+    pool = face_pool(runner, scratch / "pool", args.pool_people)
+    tsv, csv = write_inputs(pool, 0, args.rows, scratch / "input")
+    header = scratch / "labels.txt"
+    header.write_text("Headers\n" + ",".join(RELEASE_HEADER) + "\n")
+    corpus = str(scratch / "corpus")
+    runner.facs("corpus", "build", "--corpus", corpus, "--tsv", str(tsv),
+                "--labels-release-csv", str(csv), "--face-detector", "none",
+                "--labels-release-header", str(header))  # fmt: skip
+    return corpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare with")
+    parser.add_argument("--this", default="", help="a commit to run instead of this tree")
+    parser.add_argument("--corpus", default="", help="a corpus scale.py built (skips the build)")
+    parser.add_argument(
+        "--also", action="append", default=[], metavar="NAME=REV",
+        help="a further commit run in the same rotation (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--pool-people", type=int, default=64, help="x8 rendered faces")
@@ -48,35 +77,27 @@ def main() -> None:
     args = parser.parse_args()
     started, load_before = time.perf_counter(), os.getloadavg()
     scratch = Path(tempfile.mkdtemp(prefix="facs-pretrain-ab-"))
-    base_tree = scratch / "base"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.base],
-        check=True,
-        capture_output=True,
-    )
-    runners = {
-        "base": Runner(scratch / "base.log", base_tree),
-        "this": Runner(scratch / "this.log"),
-    }
-    runs: dict[str, list[dict]] = {"this": [], "base": []}
+    trees = {"base": worktree(scratch / "base", args.base)}
+    commits = {"base": args.base}
+    for name, _, commit in (item.partition("=") for item in args.also):
+        trees[name] = worktree(scratch / name, commit)
+        commits[name] = commit
+    trees["this"] = worktree(scratch / "this", args.this) if args.this else ROOT
+    commits["this"] = args.this or "HEAD"
+    runners = {side: Runner(scratch / f"{side}.log", tree) for side, tree in trees.items()}
+    runs: dict[str, list[dict]] = {side: [] for side in trees}
     try:
-        this = runners["this"]
-        pool = face_pool(this, scratch / "pool", args.pool_people)
-        tsv, csv = write_inputs(pool, 0, args.rows, scratch / "input")
-        header = scratch / "labels.txt"
-        header.write_text("Headers\n" + ",".join(RELEASE_HEADER) + "\n")
-        corpus = str(scratch / "corpus")
-        this.facs("corpus", "build", "--corpus", corpus, "--tsv", str(tsv),
-                  "--labels-release-csv", str(csv), "--face-detector", "none",
-                  "--labels-release-header", str(header))  # fmt: skip
+        corpus = args.corpus or build_corpus(runners["this"], args, scratch)
         for repeat in range(args.repeats):
-            for side in ("base", "this"):
+            for side in trees:
                 runs_dir = scratch / f"runs-{side}-{repeat}"
                 result = runners[side].facs(*pretrain_args(args, corpus, runs_dir, "ab"))
                 result["rows_per_s"] = round(args.rows / result["seconds"], 1)
                 runs[side].append(result)
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)])
+        for tree in trees.values():
+            if tree != ROOT:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)])
     medians = {
         side: {
             key: statistics.median(run[key] for run in side_runs)
@@ -86,13 +107,15 @@ def main() -> None:
     }
     results = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "this": rev(ROOT, "HEAD"),
-        "base": rev(ROOT, args.base),
-        "what": "scale.py's pretrain step on one corpus of --rows rows, alternating base / this; "
-        "rows/s = corpus rows / the command's seconds; median of the runs; ratio = this / base",
+        "commits": {side: rev(ROOT, commit) for side, commit in commits.items()},
+        "what": "scale.py's pretrain step on one corpus of --rows rows, each repeat running "
+        "every commit in turn (base first); rows/s = corpus rows / the command's seconds; "
+        "median of the runs; ratio = a commit's median / base's",
         "median": medians,
-        "ratio_this_vs_base": {
-            key: round(medians["this"][key] / medians["base"][key], 3) for key in medians["this"]
+        "ratio_vs_base": {
+            side: {key: round(value / medians["base"][key], 3) for key, value in median.items()}
+            for side, median in medians.items()
+            if side != "base"
         },
         "runs": runs,
         "settings": {k: str(v) for k, v in vars(args).items()},
@@ -100,7 +123,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    print(json.dumps(results["ratio_this_vs_base"], indent=2))
+    print(json.dumps(results["ratio_vs_base"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"[ab] wrote {args.out}")
