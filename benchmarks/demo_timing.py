@@ -35,12 +35,17 @@ def main() -> None:
     parser.add_argument("--scale", default="small", choices=sorted(SCALES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="run in this new folder and keep it (default: "
+        "a temporary one): worlds, corpus, checkpoints and each fold's test predictions",
+    )  # fmt: skip
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="facs-demo-bench-") as work:
         start = time.perf_counter()
-        config = DemoConfig(scale=args.scale, workdir=str(Path(work) / "demo"), seed=args.seed)
+        workdir = args.keep or Path(work) / "demo"
+        config = DemoConfig(scale=args.scale, workdir=str(workdir), seed=args.seed)
         result = run_demo(config)
         wall = time.perf_counter() - start
     results = {

@@ -46,6 +46,10 @@ import cv2
 import numpy as np
 import psutil
 
+#: The environment this benchmark was started in, taken before any import of the package sets
+#: its defaults in it (``pipeline/__init__``): each ``facs`` command, of whichever tree, starts
+#: from this, so a tree without a default does not inherit this tree's.
+LAUNCH_ENV = dict(os.environ)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -141,7 +145,7 @@ class Runner:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cluster.cli", *args],
                 cwd=self.tree,
-                env={**os.environ, "PYTHONPATH": str(self.tree)},
+                env={**LAUNCH_ENV, "PYTHONPATH": str(self.tree)},
                 stdout=handle,
                 stderr=subprocess.STDOUT,
             )
