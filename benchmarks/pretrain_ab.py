@@ -1,15 +1,16 @@
-"""Pre-training at a million rows, this tree against another commit: did a change slow it down?
+"""Pre-training at a million rows, this tree against other commits: did a change slow it down?
 
 ``scale.py``'s pre-training step (2 DDP workers streaming over the whole corpus: the pixel-mean
 pass over every training row, then 3 epochs of 20 steps), run through the real CLI in this tree
-and in a worktree of ``--base``, alternating (base first), ``--repeats`` times each, on one
-corpus built once by this tree (``--rows`` rows, as ``scale.py`` builds it). Each run's seconds,
-corpus rows/s and peak memory (PSS of the process tree) are written to ``--out`` with the median
-ratio this / base.
+(or ``--this``), in a worktree of ``--base`` and of each ``--also NAME=REV``, every one in turn
+(base first) in each of ``--repeats`` rounds, on one corpus (``--corpus``, else built once by this
+tree from ``--rows`` rows as ``scale.py`` builds it). Each run's seconds, corpus rows/s and peak
+memory (PSS of the process tree) are written to ``--out`` with each commit's median ratio to
+base's. Every command starts from the environment this script was launched in.
 
-Written to settle whether running the corpus's read tasks in their own workers
-(``READ_TASK_ENV``, commit c8452f3) costs throughput: ``scale.py``'s single runs put pre-training
-at 9,778 rows/s against 12,168 the same morning with the code before.
+Written to find what running the corpus's read tasks in workers of their own (``READ_TASK_ENV``)
+cost: Ray Data's 32 footer-reading actors per read, each a new process in the read's
+environment (``results/pretrain_ab.json``).
 
     python benchmarks/pretrain_ab.py --base dd8ab3c~1      # about 16 minutes alone on 2 cores
 """
