@@ -23,10 +23,10 @@ from training.evaluate import (
 )
 from training.finetune_config import FinetuneConfig
 from training.finetune_data import LABEL_COLUMNS
-from training.finetune_results import ArmResult, CVResult, choose_final
+from training.finetune_results import ArmResult, CVResult, FoldResult, choose_final
 from training.metrics import METRIC_NAMES
 from training.model_aliases import Evaluation
-from training.model_logging import log_model
+from training.model_logging import LoggedModel, log_model
 from training.tracking import (
     DatasetRef,
     RunHandle,
@@ -87,6 +87,59 @@ def cv_metrics(metrics: CVMetrics, prefix: str = "test") -> dict[str, float]:
     return flat
 
 
+def log_final_model(
+    config: FinetuneConfig,
+    arm: ArmResult,
+    final: FoldResult,
+    frames: DisfaFrames,
+    parent: RunHandle,
+) -> LoggedModel:
+    """Log (and register, with ``register_as``) the chosen fold's model under the arm's parent
+    run, tagged with where it came from and scored by the arm's cross-validation."""
+    state = load_checkpoint(final.checkpoint)
+    return log_model(
+        parent,
+        model_from_state(state),
+        pixel_mean=state.pixel_mean,
+        register_as=config.register_as or None,
+        version_tags={
+            "init": arm.arm,
+            "init_source": arm.init_source,
+            "fold": final.fold.index,
+            "test_subjects": ",".join(final.fold.test_subjects),
+            "best_epoch": final.best_epoch,
+            f"val_{config.monitor.removeprefix('val_')}": final.best_monitor,
+            "cv_test_f1_mean": arm.mean_f1,
+            "cv_test_f1_mean_paper8": arm.mean_f1_paper8,
+            "checkpoint": final.checkpoint,
+            "disfa_cache": frames.uri,
+        },
+        metadata={
+            "au_names": ",".join(LABEL_COLUMNS),
+            "fold": final.fold.index,
+            "model_config": dict(state.model_config),
+        },
+        evaluation=Evaluation(
+            key=(
+                f"{frames.uri}, {config.folds} {config.fold_scheme} folds (seed "
+                f"{config.fold_seed}, {config.val_subjects} val subjects), "
+                f"run {config.only_folds or 'all'}"
+            ),
+            metric="cv_test_f1_mean_paper8",
+            value=arm.mean_f1_paper8,
+            higher_is_better=True,
+        ),
+        # The model's own scores: this arm's cross-validation on the DISFA cache entry.
+        scores={
+            "cv_test_f1_mean": arm.mean_f1,
+            "cv_test_f1_mean_paper8": arm.mean_f1_paper8,
+            "cv_test_pr_auc_mean_paper8": arm.metrics.mean("pr_auc", PAPER_COMPARISON_AUS),
+            "cv_test_roc_auc_mean_paper8": arm.metrics.mean("roc_auc", PAPER_COMPARISON_AUS),
+        },
+        scored_on=disfa_dataset(frames),
+    )
+
+
 def report_and_register(
     config: FinetuneConfig,
     name: str,
@@ -128,48 +181,7 @@ def report_and_register(
         return result
     arm = arms.get("pretrained") or next(iter(arms.values()))
     final = choose_final(config, arm)
-    state = load_checkpoint(final.checkpoint)
-    logged = log_model(
-        parents[arm.arm],
-        model_from_state(state),
-        pixel_mean=state.pixel_mean,
-        register_as=config.register_as or None,
-        version_tags={
-            "init": arm.arm,
-            "init_source": arm.init_source,
-            "fold": final.fold.index,
-            "test_subjects": ",".join(final.fold.test_subjects),
-            "best_epoch": final.best_epoch,
-            f"val_{config.monitor.removeprefix('val_')}": final.best_monitor,
-            "cv_test_f1_mean": arm.mean_f1,
-            "cv_test_f1_mean_paper8": arm.mean_f1_paper8,
-            "checkpoint": final.checkpoint,
-            "disfa_cache": frames.uri,
-        },
-        metadata={
-            "au_names": ",".join(LABEL_COLUMNS),
-            "fold": final.fold.index,
-            "model_config": dict(state.model_config),
-        },
-        evaluation=Evaluation(
-            key=(
-                f"{frames.uri}, {config.folds} {config.fold_scheme} folds (seed "
-                f"{config.fold_seed}, {config.val_subjects} val subjects), "
-                f"run {config.only_folds or 'all'}"
-            ),
-            metric="cv_test_f1_mean_paper8",
-            value=arm.mean_f1_paper8,
-            higher_is_better=True,
-        ),
-        # The model's own scores: this arm's cross-validation on the DISFA cache entry.
-        scores={
-            "cv_test_f1_mean": arm.mean_f1,
-            "cv_test_f1_mean_paper8": arm.mean_f1_paper8,
-            "cv_test_pr_auc_mean_paper8": arm.metrics.mean("pr_auc", PAPER_COMPARISON_AUS),
-            "cv_test_roc_auc_mean_paper8": arm.metrics.mean("roc_auc", PAPER_COMPARISON_AUS),
-        },
-        scored_on=disfa_dataset(frames),
-    )
+    logged = log_final_model(config, arm, final, frames, parents[arm.arm])
     result.model_uri = logged.model_uri
     result.registered_model = logged.registered_name
     result.registered_version = logged.registered_version
