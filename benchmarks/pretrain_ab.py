@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from input_path_ab import rev  # benchmarks/ is this script's folder
-from scale import ROOT, Runner, face_pool, pretrain_args, write_inputs
+from scale import ROOT, Runner, add_pretrain_arguments, face_pool, pretrain_args, write_inputs
 
 from pipeline.labels.release_csv import RELEASE_HEADER
 
@@ -70,10 +70,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--pool-people", type=int, default=64, help="x8 rendered faces")
-    parser.add_argument("--batch", type=int, default=64, help="pre-training batch per worker")
-    parser.add_argument("--batches-per-epoch", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=3)
+    add_pretrain_arguments(parser)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started, load_before = time.perf_counter(), os.getloadavg()

@@ -222,6 +222,14 @@ def write_inputs(
     return tsv, csv
 
 
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    """The face pool's size and the pre-training step's sizes (``pretrain_args`` reads them)."""
+    parser.add_argument("--pool-people", type=int, default=64, help="x8 rendered faces")
+    parser.add_argument("--batch", type=int, default=64, help="pre-training batch per worker")
+    parser.add_argument("--batches-per-epoch", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+
+
 def pretrain_args(args: argparse.Namespace, corpus: str, runs: Path, name: str) -> list[str]:
     """The pre-training step: 2 DDP workers streaming over the whole corpus (a pixel-mean pass
     over every training row, then ``--epochs`` epochs of ``--batches-per-epoch`` steps)."""
@@ -293,10 +301,7 @@ def main() -> None:
     parser.add_argument("--add-rows", type=int, default=100_000)
     parser.add_argument("--subset-images", type=int, default=100_000)
     parser.add_argument("--subset-identities", type=int, default=1000)
-    parser.add_argument("--pool-people", type=int, default=64, help="x8 rendered faces")
-    parser.add_argument("--batch", type=int, default=64, help="pre-training batch per worker")
-    parser.add_argument("--batches-per-epoch", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=3)
+    add_pretrain_arguments(parser)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from pipeline.run_options import RayWorkers
 from pipeline.status_write import store_budget
 from pipeline.storage import Location, is_s3
 from training.data import ingest_config
+from training.job_config import TrainingJobConfig
 
 
-class WorkerResources(Protocol):
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-    max_failures: int
-
-
-def scaling_config(resources: WorkerResources) -> ray.train.ScalingConfig:
+def scaling_config(resources: RayWorkers) -> ray.train.ScalingConfig:
     """``workers`` data-parallel workers, each holding its CPUs (and GPUs, on a GPU run)."""
     per_worker = {"CPU": resources.cpus_per_worker}
-    use_gpu = resources.gpus_per_worker > 0
-    if use_gpu:
+    if resources.use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
     return ray.train.ScalingConfig(
-        num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
     )
 
 
@@ -55,7 +49,7 @@ def run_config(
 def torch_trainer(
     worker: Callable[[dict[str, Any]], None],
     setup: Any,
-    resources: WorkerResources,
+    resources: TrainingJobConfig,
     where: tuple[Location, str],
     datasets: dict[str, ray.data.Dataset],
     *,

@@ -132,8 +132,8 @@ class _KeepRows:
 #: more each epoch (pre-training over 1,100,000 rows peaked at 7.1-8.8 GB; 5.8 GB with this). Only
 #: the read: in a training process the same setting made a CPU step 1.49x slower (every large
 #: tensor mapped and unmapped anew; benchmarks/malloc_step.py), so Ray starts separate workers
-#: for this environment. Every
-#: step that should run inside the read's tasks names it too: Ray Data fuses only operators
+#: for this environment (and for the footer readers the read starts: see pipeline/__init__).
+#: Every step that should run inside the read's tasks names it too: Ray Data fuses only operators
 #: with the same remote arguments, and an unfused step copies each block through the store.
 READ_TASK_ENV = {"env_vars": {"MALLOC_TRIM_THRESHOLD_": "0"}}
 
